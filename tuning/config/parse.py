@@ -249,7 +249,7 @@ def _loads(text: str, source: str) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
-            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}. "
+            f"{source} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}). "
             "Fix the JSON syntax."
         ) from None
     return parse_json_object(data, source)

@@ -1,0 +1,55 @@
+"""Save the final model so it appears whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def save_final_model(trainer: Any, target: str) -> Path:
+    """trainer.save_model into a staging folder, then move it into place.
+
+    A separate target is swapped in by renaming folders. When the target is output_dir itself
+    (it holds checkpoints and logs), each staged file replaces its counterpart atomically.
+    """
+    target_path = Path(target).resolve()
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    # Same name on every rank: save_model may gather weights across processes.
+    stage = target_path.parent / f".{target_path.name}.staging"
+    if trainer.is_world_process_zero() and stage.exists():
+        shutil.rmtree(stage)
+    trainer.save_model(str(stage))
+    if not trainer.is_world_process_zero():
+        return target_path
+    try:
+        if _holds_run_state(target_path):
+            for item in stage.iterdir():
+                destination = target_path / item.name
+                if destination.is_dir():
+                    shutil.rmtree(destination)
+                os.replace(item, destination)
+            stage.rmdir()
+        else:
+            previous = None
+            if target_path.exists():
+                previous = target_path.parent / f".{target_path.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(target_path, previous)
+            os.replace(stage, target_path)
+            if previous is not None:
+                shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return target_path
+
+
+def _holds_run_state(path: Path) -> bool:
+    """True for an output_dir: replacing the folder would destroy checkpoints or logs."""
+    if not path.is_dir():
+        return False
+    return any(
+        child.name.startswith("checkpoint-") or child.suffix == ".jsonl" for child in path.iterdir()
+    )
