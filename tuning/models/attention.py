@@ -10,8 +10,17 @@ from tuning.errors import MissingExtraError
 
 logger = logging.getLogger(__name__)
 FA3_HUB_KERNEL = "kernels-community/flash-attn3"
-# Implementations that keep packed sequences apart using position_ids / cu_seq_lens.
-BOUNDARY_AWARE = {"flash_attention_2", "flash_attention_3", FA3_HUB_KERNEL}
+# Implementations that keep packed sequences apart. Flash kernels use cu_seq_lens; since
+# transformers 5, sdpa/eager/flex build a block-diagonal mask from packed position_ids when no
+# attention_mask and no cache is given (training). tests/unit/data/test_collators.py proves it.
+BOUNDARY_AWARE = {
+    "flash_attention_2",
+    "flash_attention_3",
+    FA3_HUB_KERNEL,
+    "sdpa",
+    "eager",
+    "flex_attention",
+}
 
 
 def choose_attention(model_args: ModelArgs, cuda_available: bool) -> str:
