@@ -212,25 +212,45 @@ def render_flags_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def generated_docs() -> dict[str, Callable[[], str]]:
-    """Every generated doc: path relative to the repository root -> its render function.
+def render_data_config_markdown() -> str:
+    """The schema reference, then the shipped configs verbatim as worked examples."""
+    from tuning.data.config_schema import dump_schema_markdown
 
-    Renderers owned by other packages join when they exist, so this stays the one list.
-    """
-    docs: dict[str, Callable[[], str]] = {"docs/flags.md": render_flags_markdown}
-    try:
-        from tuning.data.config_schema import dump_schema_markdown
-    except (ImportError, AttributeError):
-        pass
-    else:
-        docs["docs/data-config.md"] = dump_schema_markdown
-    try:
-        from tuning.data.handlers.registry import render_handlers_markdown
-    except (ImportError, AttributeError):
-        pass
-    else:
-        docs["docs/handlers.md"] = render_handlers_markdown
-    return docs
+    parts = [
+        "# Data config reference",
+        "",
+        "A data config (YAML or JSON, `--data_config FILE`) names datasets, the chain of handlers "
+        "that turns each row into tokens and labels, and how datasets are mixed and split. "
+        "Relative paths resolve against the config file's folder. Unknown keys are errors. "
+        "Handlers are listed in [handlers.md](handlers.md).",
+        "",
+        dump_schema_markdown().rstrip("\n"),
+        "",
+        "## Worked examples (the shipped configs in `data_configs/`)",
+        "",
+        "Each runs as shipped; `tests/e2e/test_shipped_data_configs.py` trains on every one.",
+    ]
+    for path in sorted((REPO_ROOT / "data_configs").glob("*.yaml")):
+        parts += [
+            "",
+            f"### `data_configs/{path.name}`",
+            "",
+            "```yaml",
+            path.read_text().rstrip(),
+            "```",
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def generated_docs() -> dict[str, Callable[[], str]]:
+    """Every generated doc: path relative to the repository root -> its render function."""
+    from tuning.data.handlers.registry import render_handlers_markdown
+
+    return {
+        "docs/flags.md": render_flags_markdown,
+        "docs/data-config.md": render_data_config_markdown,
+        "docs/handlers.md": render_handlers_markdown,
+    }
 
 
 def _normalised(text: str) -> str:

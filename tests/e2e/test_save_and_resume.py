@@ -66,16 +66,22 @@ def test_rerun_resumes_from_newest_complete_checkpoint(run_tuner, data_dir, tmp_
     summary = _summary(out)
     assert summary["resumed_from"] == str(out / "checkpoint-2")
     assert summary["global_step"] == 4
-    steps = [json.loads(x)["data"]["step"] for x in (out / "training_logs.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["data"]["step"]
+        for x in (out / "training_logs.jsonl").read_text().splitlines()
+    ]
     assert steps == [1, 2, 3, 4]  # the resumed run logged only steps 3 and 4
 
 
 def test_resume_false_starts_fresh_and_path_resumes_there(run_tuner, data_dir, tmp_path):
     out = tmp_path / "out"
     assert run_tuner(*_train_flags(data_dir, 4), output_dir=out)[0] == 0
-    assert run_tuner(
-        *_train_flags(data_dir, 4), "--resume_from_checkpoint", "False", output_dir=out
-    )[0] == 0
+    assert (
+        run_tuner(*_train_flags(data_dir, 4), "--resume_from_checkpoint", "False", output_dir=out)[
+            0
+        ]
+        == 0
+    )
     assert _summary(out)["resumed_from"] is None
     assert _summary(out)["global_step"] == 4
     code, _ = run_tuner(

@@ -1,10 +1,13 @@
 """Render a conversation once and find the assistant spans to train.
 
 Templates with `{% generation %}` markers give the spans directly. Stock templates without them
-are rendered once and each message's content is located in order (linear in the number of turns);
-the assistant's end-of-turn text, learnt once per template from a probe conversation, is added to
-each span so the model learns to stop. If a template rewrites message content so it cannot be
-found, the per-turn prefix method (quadratic, but exact for well-behaved templates) is used.
+are rendered twice: once for real and once with every message's content replaced by a unique
+marker. The marked rendering shows exactly where each content lands, so a short answer ("a") is
+never mistaken for the same letters inside a role header (searching the rendered text for the
+content did exactly that). Linear in the number of turns. The assistant's end-of-turn text, learnt
+once per template from a probe conversation, is added to each span so the model learns to stop.
+If a template rewrites content (beyond trimming it) or branches on it, the per-turn prefix method
+(quadratic, but exact for well-behaved templates) is used.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from tuning.data.masking import Span
 
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_MARKER = "\ue000{}\ue001"  # private-use characters: never in real data, never rewritten
 _PROBE_USER = ["Q7x", "Q8y"]
 _PROBE_ASSISTANT = ["A7x", "A8y"]
 
@@ -34,8 +38,12 @@ def render(
     *,
     add_generation_prompt: bool = False,
     with_indices: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[str, list[Span]]:
-    """Render with transformers' sandboxed jinja (strftime_now, raise_exception available)."""
+    """Render with transformers' sandboxed jinja (strftime_now, raise_exception available).
+
+    `extra` holds further template variables, such as a row's `tools` and `documents`.
+    """
     from transformers.utils.chat_template_utils import render_jinja_template
 
     rendered, indices = render_jinja_template(
@@ -43,7 +51,7 @@ def render(
         chat_template=template,
         return_assistant_tokens_mask=with_indices,
         add_generation_prompt=add_generation_prompt,
-        **special_tokens,
+        **{**(extra or {}), **special_tokens},
     )
     spans = [tuple(pair) for pair in indices[0]] if with_indices else []
     return rendered[0], spans
@@ -71,7 +79,7 @@ def end_of_turn_text(template: str, special_items: tuple[tuple[str, str], ...]) 
     start = middle.find(_PROBE_ASSISTANT[0]) + len(_PROBE_ASSISTANT[0])
     after_middle = middle[start : middle.find(_PROBE_USER[1], start)]
     common = []
-    for a, b in zip(after_last, after_middle):
+    for a, b in zip(after_last, after_middle, strict=False):
         if a != b:
             break
         common.append(a)
@@ -88,48 +96,74 @@ def _extend_by(text: str, end: int, suffix: str) -> int:
     return probe + len(suffix) if text.startswith(suffix, probe) else end
 
 
-def _content_text(message: Message) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # multimodal-style blocks: text parts only
-        return "".join(
-            str(block.get("text", "")) for block in content if isinstance(block, Mapping)
-        )
-    return "" if content is None else str(content)
-
-
-def spans_by_search(text: str, messages: Sequence[Message], suffix: str) -> list[Span] | None:
-    """Locate each message's content in order; None when a content is not found verbatim."""
+def _rebuild(skeleton: str, contents: list[str], roles: list[Any]) -> tuple[str, list[Span]] | None:
+    """Put each content back in place of its marker; the assistant contents' spans come along."""
+    pieces: list[str] = []
     spans: list[Span] = []
-    cursor = 0
-    for message in messages:
-        content = _content_text(message)
-        needle = content if content in text[cursor:] else content.strip()
-        if not needle:
-            continue
-        position = text.find(needle, cursor)
-        if position < 0:
-            return None
-        end = position + len(needle)
-        if message.get("role") == "assistant":
-            end = _extend_by(text, end, suffix)
-            spans.append((position, end))
-        cursor = end
-    return spans
+    cursor = length = 0
+    for index, (content, role) in enumerate(zip(contents, roles, strict=True)):
+        marker = _MARKER.format(index)
+        position = skeleton.find(marker, cursor)
+        if position < 0 or skeleton.count(marker) != 1:
+            if role == "assistant" or marker in skeleton:
+                return None  # an assistant turn not rendered once, in order: cannot place it
+            continue  # e.g. a system message the template leaves out
+        pieces.append(skeleton[cursor:position])
+        length += position - cursor
+        if role == "assistant":
+            spans.append((length, length + len(content)))
+        pieces.append(content)
+        length += len(content)
+        cursor = position + len(marker)
+    pieces.append(skeleton[cursor:])
+    return "".join(pieces), spans
+
+
+def spans_by_marker(
+    template: str,
+    messages: Sequence[Message],
+    special: Mapping[str, str],
+    text: str,
+    suffix: str,
+    extra: Mapping[str, Any] | None = None,
+) -> list[Span] | None:
+    """Where each assistant content lands, from a rendering with markers for contents.
+
+    None when the template branches on or rewrites the contents, so the marked rendering does
+    not rebuild `text` exactly (a template that only trims contents is handled).
+    """
+    contents = [message.get("content") for message in messages]
+    if not all(isinstance(content, str) for content in contents):
+        return None  # multimodal blocks or missing contents: leave them to the prefix method
+    marked = [{**message, "content": _MARKER.format(i)} for i, message in enumerate(messages)]
+    try:
+        skeleton, _ = render(template, marked, special, extra=extra)
+    except Exception:  # the template rejects the markers (e.g. it validates contents)
+        return None
+    roles = [message.get("role") for message in messages]
+    for variant in (contents, [content.strip() for content in contents]):
+        rebuilt = _rebuild(skeleton, variant, roles)
+        if rebuilt is not None and rebuilt[0] == text:
+            return [(start, _extend_by(text, end, suffix)) for start, end in rebuilt[1]]
+    return None
 
 
 def spans_by_prefix(
-    template: str, messages: Sequence[Message], special: Mapping[str, str]
+    template: str,
+    messages: Sequence[Message],
+    special: Mapping[str, str],
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[str, list[Span]]:
     """The second method: re-render the conversation up to each assistant turn."""
-    text, _ = render(template, messages, special)
+    text, _ = render(template, messages, special, extra=extra)
     spans: list[Span] = []
     for index, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        prefix, _ = render(template, messages[:index], special, add_generation_prompt=True)
-        upto, _ = render(template, messages[: index + 1], special)
+        prefix, _ = render(
+            template, messages[:index], special, add_generation_prompt=True, extra=extra
+        )
+        upto, _ = render(template, messages[: index + 1], special, extra=extra)
         end = len(upto.rstrip())
         if text.startswith(prefix) and text.startswith(upto[:end]) and end > len(prefix):
             spans.append((len(prefix), end))
@@ -137,17 +171,20 @@ def spans_by_prefix(
 
 
 def assistant_spans(
-    template: str, messages: Sequence[Message], special: Mapping[str, str]
+    template: str,
+    messages: Sequence[Message],
+    special: Mapping[str, str],
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[str, list[Span]]:
     """Render once; return the text and the character spans of every assistant turn."""
     suffix = end_of_turn_text(template, tuple(sorted(special.items())))
     if has_generation_markers(template):
-        text, spans = render(template, messages, special, with_indices=True)
+        text, spans = render(template, messages, special, with_indices=True, extra=extra)
         return text, [(start, _extend_by(text, end, suffix)) for start, end in spans]
-    text, _ = render(template, messages, special)
-    spans = spans_by_search(text, messages, suffix)
+    text, _ = render(template, messages, special, extra=extra)
+    spans = spans_by_marker(template, messages, special, text, suffix, extra)
     if spans is None:
-        return spans_by_prefix(template, messages, special)
+        return spans_by_prefix(template, messages, special, extra)
     return text, spans
 
 

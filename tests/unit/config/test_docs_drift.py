@@ -111,3 +111,12 @@ def test_unknown_doc_name_is_refused(tmp_path):
     with pytest.raises(SystemExit) as excinfo:
         docs_gen.main(["--root", str(tmp_path), "docs/nope.md"])
     assert excinfo.value.code == 2
+
+
+@pytest.mark.parametrize("doc", ["docs/flags.md", "docs/data-config.md", "docs/handlers.md"])
+def test_every_generated_doc_matches_the_code(doc):
+    from tuning.docs_gen import REPO_ROOT, generated_docs
+
+    render = generated_docs()[doc]
+    on_disk = (REPO_ROOT / doc).read_text()
+    assert on_disk.rstrip("\n") == render().rstrip("\n"), f"{doc} drifted: run `make docs`"
