@@ -103,14 +103,29 @@ def test_json_config_errors(run_tuner, tmp_path, monkeypatch, capsys):
     assert "Did you mean 'learning_rate'" in capsys.readouterr().err
 
 
-def test_response_template_never_found_is_an_error(run_tuner, fast_flags, data_dir, capsys):
+def test_response_template_never_found_is_caught_before_loading(run_tuner, data_dir, capsys):
     code, _ = run_tuner(
         "--training_data_path", str(data_dir / "twitter_complaints.jsonl"),
-        "--dataset_text_field", "output", "--response_template", "### Answer:", *fast_flags,
+        "--dataset_text_field", "output", "--response_template", "### Answer:",
+    )  # fmt: skip
+    assert code == 1
+    assert "--response_template '### Answer:' does not occur" in capsys.readouterr().err
+
+
+def test_rows_left_without_labels_are_counted_and_stop_the_run(
+    run_tuner, fast_flags, tmp_path, capsys
+):
+    rows = [{"text": f"Q{i}\n### Answer: A{i}"} for i in range(5)]
+    rows += [{"text": f"Q{i} with no answer marker"} for i in range(7)]
+    path = tmp_path / "partly.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _ = run_tuner(
+        "--training_data_path", str(path), "--dataset_text_field", "text",
+        "--response_template", "\n### Answer:", *fast_flags,
     )  # fmt: skip
     assert code == 1
     err = capsys.readouterr().err
-    assert "### Answer:" in err and "200" in err
+    assert "7 of 12" in err and "with no answer marker" in err
 
 
 def _b64(obj) -> str:

@@ -1,0 +1,554 @@
+"""Load → handlers → tokens and labels → drop zero-label rows → split → mix.
+
+One path serves every job: a flag-only job is first turned into an equivalent in-memory data
+config (tuning/data/legacy.py). Every handler name and argument is validated before any data is
+read. What comes out is a train and an eval dataset of `input_ids` + `labels`, and a DataReport
+describing exactly what the model will see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuning.config.schema import DataArgs
+from tuning.data.config_schema import DataConfig, DatasetSpec, HandlerArguments, load_data_config
+from tuning.data.handlers.registry import (
+    STAT_COLUMNS,
+    BoundHandler,
+    HandlerContext,
+    apply_chain,
+    apply_handler,
+    bind_handler,
+    column_names,
+)
+from tuning.data.legacy import flag_problems, legacy_data_config
+from tuning.data.report import (
+    DataReport,
+    DatasetReport,
+    MixtureEntry,
+    audit_chat_masks,
+    fill_counts,
+    row_stats,
+    row_stats_from_rows,
+)
+from tuning.data.sources import detect_builder, load_rows, resolve_data_paths
+from tuning.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from datasets import Dataset, IterableDataset
+
+logger = logging.getLogger(__name__)
+
+CHAT_MASKING = "tokenize_and_apply_chat_template_with_masking"
+COMPLETION = "tokenize_with_completion_mask"
+SOURCE_COLUMN = "_tf_source"
+DEFAULT_AUDIT_ROWS = 64
+
+
+@dataclass
+class PreparedData:
+    """The datasets the trainer gets, and what was learnt while making them."""
+
+    train: Dataset | IterableDataset | None
+    eval: Dataset | IterableDataset | None
+    report: DataReport = field(default_factory=DataReport)
+    streaming: bool = False  # an IterableDataset: the trainer must have max_steps
+    # each dataset after its handlers, before the split and the mix (for previews and checks)
+    parts: dict[str, Dataset | IterableDataset] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    """A data config with every handler chain bound, ready to run."""
+
+    config: DataConfig
+    chains: list[list[BoundHandler]]
+    legacy_mode: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# planning: everything that can be checked before data is read
+
+
+def _data_config(data_args: DataArgs, seed: int) -> tuple[DataConfig, str | None]:
+    problems = flag_problems(data_args)
+    if problems:
+        raise ConfigError(" ".join(problems))
+    if not data_args.data_config_path:
+        return legacy_data_config(data_args, seed)
+    config = load_data_config(data_args.data_config_path)
+    if config.dataprocessor.type == "odm":
+        raise ConfigError(
+            "online data mixing (ODM) is not built in tuneforge yet; use type: default with "
+            "sampling ratios (datasets[].sampling) in the data config's dataprocessor section."
+        )
+    if "seed" not in config.dataprocessor.model_fields_set:
+        config.dataprocessor.seed = seed
+    return config, None
+
+
+def plan_data(data_args: DataArgs, *, seed: int = 42) -> _Plan:
+    """Load (or build) the data config and bind every handler; no data is read except, for a
+    flag-only job, the first rows that decide its mode."""
+    config, mode = _data_config(data_args, seed)
+    chains = []
+    for i, spec in enumerate(config.datasets):
+        chains.append(
+            [
+                bind_handler(handler.name, handler.arguments, f"datasets[{i}].data_handlers[{j}]")
+                for j, handler in enumerate(spec.data_handlers)
+            ]
+        )
+    return _Plan(config, chains, mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# context
+
+
+def _bos_text(tokenizer: Any) -> str:
+    """The BOS text when the tokenizer puts BOS in front of plain text by itself."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos_id is None or not isinstance(bos, str):
+        return ""
+    with_specials = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return bos if with_specials[:1] == [bos_id] and without[:1] != [bos_id] else ""
+
+
+def _context(tokenizer: Any, max_seq_length: int, chat_template: str | None, name: str) -> Any:
+    from tuning.data.chat import special_tokens_of
+
+    return HandlerContext(
+        tokenizer=tokenizer,
+        max_seq_length=max_seq_length,
+        dataset_name=name,
+        chat_template=chat_template,
+        special_tokens=special_tokens_of(tokenizer),
+        bos_text=_bos_text(tokenizer),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# one dataset
+
+
+def _finishing_stage(
+    dataset: Any, spec: DatasetSpec, chain: list[BoundHandler], data_args: DataArgs, where: str
+) -> BoundHandler | None:
+    """What turns the chain's output into input_ids + labels, when it is not there yet."""
+    columns = column_names(dataset)
+    if "input_ids" in columns:
+        return None
+    text_column = data_args.dataset_text_field
+    if not text_column or text_column not in columns:
+        written = chain[-1].args.writes() if chain and hasattr(chain[-1].args, "writes") else []
+        written = [c for c in written if c in columns and c not in STAT_COLUMNS]
+        text_column = written[0] if len(written) == 1 else None
+    if text_column is None:
+        raise DataError(
+            f"dataset '{spec.name}' has no input_ids after its handlers (columns: "
+            f"{', '.join(columns)}). End its data_handlers with a tokenizing handler (e.g. "
+            "tokenize_and_apply_input_masking or tokenize_and_apply_chat_template_with_masking), "
+            "or name the text column with --dataset_text_field."
+        )
+    if not data_args.response_template:
+        logger.warning(
+            "Dataset '%s' ends with text column '%s' and no --response_template is set: every "
+            "token of it is trained.",
+            spec.name,
+            text_column,
+        )
+    arguments = HandlerArguments(
+        fn_kwargs={
+            "text_column_name": text_column,
+            "response_template": data_args.response_template,
+            "instruction_template": data_args.instruction_template,
+            "add_eos_token": True,
+        },
+        batched=True,
+        remove_columns="all",
+    )
+    return bind_handler(COMPLETION, arguments, f"{where} (final tokenization)")
+
+
+def _ensure_labels(dataset: Any, name: str) -> Any:
+    if "labels" in column_names(dataset):
+        return dataset
+    logger.info("Dataset '%s' has input_ids but no labels: every token is trained.", name)
+    return dataset.map(lambda batch: {"labels": batch["input_ids"]}, batched=True)
+
+
+def _normalise(dataset: Any) -> Any:
+    """Keep input_ids and labels (and the stat columns) with one type, so datasets can be mixed."""
+    from datasets import Features, List, Value
+
+    present = column_names(dataset)
+    dataset = dataset.select_columns(
+        [c for c in present if c in ("input_ids", "labels", *STAT_COLUMNS)]
+    )
+    # the types datasets itself infers for these columns, so the usual case needs no cast
+    wanted = {"input_ids": List(Value("int32")), "labels": List(Value("int64"))}
+    features = dataset.features
+    if features is None:
+        return dataset
+    if any(features.get(name) != kind for name, kind in wanted.items()):
+        target = Features({**features, **wanted})
+        dataset = dataset.cast(target)
+    return dataset
+
+
+def _zero_label_hint(chain: list[BoundHandler]) -> str:
+    last = chain[-1] if chain else None
+    if last is not None and last.info.name == COMPLETION:
+        template = getattr(last.args, "response_template", None)
+        if template:
+            return (
+                f"The response template {template!r} never occurs in the text of these samples; "
+                "check its leading whitespace/newline, it must match the text exactly "
+                "(e.g. '\\n### Response:' is not ' ### Response:')."
+            )
+    if last is not None and last.info.name == CHAT_MASKING:
+        return "These conversations have no assistant turn with content to train."
+    if last is not None and last.info.name == "tokenize_and_apply_input_masking":
+        return "Their output column is empty (and add_eos_token is off)."
+    return "Check the masking settings of this dataset."
+
+
+def _drop_zero_labels(
+    dataset: Any, report: DatasetReport, tolerance: float, chain: list[BoundHandler], tokenizer: Any
+) -> Any:
+    """Count rows with no trained token, fail past the tolerance, drop the rest of them."""
+    import numpy as np
+
+    stats = row_stats(dataset)
+    fill_counts(report, stats)
+    zero = np.flatnonzero(stats.trained == 0)
+    if zero.size:
+        example = tokenizer.decode(dataset[int(zero[0])]["input_ids"])
+        report.zero_label_example = example[:500]
+        _check_zero_fraction(report, tolerance, chain)
+        dataset = dataset.select(np.flatnonzero(stats.trained > 0))
+    return dataset
+
+
+def _check_zero_fraction(
+    report: DatasetReport, tolerance: float, chain: list[BoundHandler]
+) -> None:
+    if not report.zero_label_rows:
+        return
+    fraction = report.zero_label_rows / max(report.rows, 1)
+    logger.warning(
+        "Dataset '%s': %d of %d samples have no trained token and are dropped.",
+        report.name,
+        report.zero_label_rows,
+        report.rows,
+    )
+    if fraction > tolerance:
+        raise DataError(
+            f"{report.zero_label_rows} of {report.rows} samples in dataset '{report.name}' have "
+            f"no trained token (every label is -100), more than the allowed fraction "
+            f"{tolerance:g}. Example: {report.zero_label_example!r}. {_zero_label_hint(chain)} "
+            "To drop such samples instead, raise --zero_label_tolerance (or the data config's "
+            "dataprocessor.max_zero_label_fraction)."
+        )
+
+
+def _has_trained_label(row: dict[str, Any]) -> bool:
+    return any(label != -100 for label in row["labels"])
+
+
+def _stream_checks(
+    dataset: Any,
+    report: DatasetReport,
+    tolerance: float,
+    chain: list[BoundHandler],
+    tokenizer: Any,
+    sample: int,
+) -> Any:
+    """A stream cannot be counted: check its first rows, then drop zero-label rows lazily."""
+    rows = list(dataset.take(sample))
+    report.sampled = True
+    stats = row_stats_from_rows(rows)
+    fill_counts(report, stats)
+    first_zero = next((r for r in rows if not _has_trained_label(r)), None)
+    if first_zero is not None:
+        report.zero_label_example = tokenizer.decode(first_zero["input_ids"])[:500]
+        _check_zero_fraction(report, tolerance, chain)
+    return dataset.filter(_has_trained_label)
+
+
+def _audit(
+    raw: Any, spec: DatasetSpec, chain: list[BoundHandler], ctx: HandlerContext, size: int
+) -> Any:
+    """Cross-check the chat mask of the first rows with the second method."""
+    from datasets import Dataset
+
+    from tuning.data.handlers.tokenize import chat_max_length
+
+    index = next((j for j, b in enumerate(chain) if b.info.name == CHAT_MASKING), None)
+    if index is None or size <= 0:
+        return None
+    rows = [dict(row) for row in raw.take(size)]
+    if not rows:
+        return None
+    sample = Dataset.from_list(rows)
+    sample = apply_chain(sample, chain[:index], ctx)
+    bound = chain[index]
+    return audit_chat_masks(
+        [dict(row) for row in sample],
+        bound.args.conversation_column,
+        ctx,
+        chat_max_length(bound.args, ctx),
+    )
+
+
+def _split(dataset: Any, spec: DatasetSpec, seed: int, streaming: bool) -> tuple[Any, Any]:
+    """(train part, validation part) of one dataset, by its split fractions (seeded)."""
+    import math
+
+    if spec.split is None:
+        return dataset, None
+    train, validation = spec.split.train, spec.split.validation
+    if streaming:
+        if validation > 0 or train < 1:
+            raise ConfigError(
+                f"dataset '{spec.name}': split is not supported with streaming: true (a stream "
+                "has no length to split). Put validation rows in their own dataset with split "
+                "{train: 0, validation: 1}, or turn streaming off."
+            )
+        return dataset, None
+    total = len(dataset)
+    n_val = math.ceil(total * validation - 1e-9) if validation > 0 else 0
+    if train + validation >= 1.0 - 1e-9:
+        n_train = total - n_val
+    else:
+        n_train = math.floor(total * train + 1e-9)
+    n_train = min(n_train, total - n_val)
+    order = dataset.shuffle(seed=seed) if (train < 1.0) else dataset
+    train_part = order.select(range(n_train)) if n_train else None
+    val_part = order.select(range(n_train, n_train + n_val)) if n_val else None
+    if train > 0 and train_part is None:
+        raise DataError(
+            f"dataset '{spec.name}' has {total} rows, too few for a training share of {train:g}."
+        )
+    if validation > 0 and val_part is None:
+        raise DataError(
+            f"dataset '{spec.name}' has {total} rows, too few for a validation share of "
+            f"{validation:g}."
+        )
+    return train_part, val_part
+
+
+@dataclass
+class _Processed:
+    spec: DatasetSpec
+    processed: Any
+    train: Any
+    eval: Any
+    report: DatasetReport
+
+
+def _process_one(
+    index: int,
+    spec: DatasetSpec,
+    chain: list[BoundHandler],
+    plan: _Plan,
+    data_args: DataArgs,
+    base_ctx: HandlerContext,
+    *,
+    streaming: bool,
+    cache_dir: str | None,
+) -> _Processed:
+    config = plan.config
+    where = f"datasets[{index}]"
+    base = config.source_path.parent if config.source_path else Path.cwd()
+    paths = resolve_data_paths(spec.data_paths, base_dir=base, field=f"{where}.data_paths")
+    builder = detect_builder(paths, spec.builder)
+    raw = load_rows(
+        paths, builder, split_name=spec.dataset_split_name, streaming=streaming, cache_dir=cache_dir
+    )
+    ctx = dataclasses.replace(base_ctx, dataset_name=spec.name)
+    dataset = apply_chain(raw, chain, ctx)
+    finisher = _finishing_stage(dataset, spec, chain, data_args, where)
+    if finisher is not None:
+        dataset = apply_handler(dataset, finisher, ctx)
+        chain = [*chain, finisher]
+    dataset = _normalise(_ensure_labels(dataset, spec.name))
+    report = DatasetReport(name=spec.name)
+    tolerance = max(data_args.zero_label_tolerance, config.dataprocessor.max_zero_label_fraction)
+    audit_rows = config.dataprocessor.audit_sample_size
+    if streaming:
+        dataset = _stream_checks(
+            dataset, report, tolerance, chain, ctx.tokenizer, max(audit_rows, DEFAULT_AUDIT_ROWS)
+        )
+    else:
+        if len(dataset) == 0:
+            raise DataError(
+                f"dataset '{spec.name}' has no rows left after its handlers; check its filters."
+            )
+        dataset = _drop_zero_labels(dataset, report, tolerance, chain, ctx.tokenizer)
+        _log_truncation(report)
+    present = [c for c in STAT_COLUMNS if c in column_names(dataset)]
+    if present:
+        dataset = dataset.remove_columns(present)
+    report.audit = _audit(raw, spec, chain, ctx, audit_rows)
+    processed = dataset
+    if spec.shuffle:
+        seed = config.dataprocessor.seed
+        dataset = (
+            dataset.shuffle(seed=seed, buffer_size=1000)
+            if streaming
+            else dataset.shuffle(seed=seed)
+        )
+    train, validation = _split(dataset, spec, config.dataprocessor.seed, streaming)
+    if not streaming:
+        report.train_rows = len(train) if train is not None else 0
+        report.eval_rows = len(validation) if validation is not None else 0
+    return _Processed(spec, processed, train, validation, report)
+
+
+def _log_truncation(report: DatasetReport) -> None:
+    logger.info(
+        "Dataset '%s': %d samples, %d with the prompt trimmed, %d with the response trimmed, "
+        "%d without a trained token.",
+        report.name,
+        report.rows,
+        report.truncated_prompt_rows,
+        report.truncated_response_rows,
+        report.zero_label_rows,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# mixing
+
+
+def _mix(
+    parts: list[_Processed], config: DataConfig, streaming: bool
+) -> tuple[Any, list[MixtureEntry]]:
+    import datasets
+
+    training = [p for p in parts if p.train is not None]
+    if not training:
+        raise ConfigError(
+            "no dataset gives training rows (every split has train: 0); give one dataset a "
+            "training share."
+        )
+    sampled = any(p.spec.sampling is not None for p in training)
+    entries = [MixtureEntry(p.spec.name, p.spec.sampling) for p in training]
+    tagged = [
+        p.train if streaming else p.train.add_column(SOURCE_COLUMN, [i] * len(p.train))
+        for i, p in enumerate(training)
+    ]
+    if len(tagged) == 1:
+        mixed = tagged[0]
+    elif sampled:
+        mixed = datasets.interleave_datasets(
+            tagged,
+            probabilities=[p.spec.sampling or 0.0 for p in training],
+            seed=config.dataprocessor.seed,
+            stopping_strategy=config.dataprocessor.sampling_stopping_strategy,
+        )
+    else:
+        mixed = datasets.concatenate_datasets(tagged)
+    if streaming:
+        return mixed, entries
+    _count_mixture(mixed, entries)
+    return mixed.remove_columns(SOURCE_COLUMN), entries
+
+
+def _count_mixture(mixed: Any, entries: list[MixtureEntry]) -> None:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    table = mixed.with_format("arrow")[:]
+    sources = table.column(SOURCE_COLUMN).to_numpy()
+    lengths = pc.list_value_length(table.column("input_ids").combine_chunks()).to_numpy()
+    for i, entry in enumerate(entries):
+        chosen = sources == i
+        entry.rows = int(chosen.sum())
+        entry.tokens = int(np.asarray(lengths)[chosen].sum())
+
+
+def _concat_eval(parts: list[_Processed]) -> Any:
+    import datasets
+
+    evals = [p.eval for p in parts if p.eval is not None]
+    if not evals:
+        return None
+    return evals[0] if len(evals) == 1 else datasets.concatenate_datasets(evals)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+@contextlib.contextmanager
+def _main_process_first() -> Iterator[None]:
+    """Process on the main rank first; the other ranks then hit datasets' cache."""
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        yield
+        return
+    with PartialState().main_process_first():
+        yield
+
+
+def prepare_datasets(
+    data_args: DataArgs,
+    tokenizer: Any,
+    max_seq_length: int,
+    *,
+    seed: int = 42,
+    streaming_ok: bool = True,
+    cache_dir: str | None = None,
+) -> PreparedData:
+    """Turn the data flags (or data config) into train/eval datasets of input_ids + labels.
+
+    `streaming_ok=False` processes a `streaming: true` config in memory instead (e.g. to save
+    the processed data). Raises ConfigError/DataError for anything the user can fix.
+    """
+    plan = plan_data(data_args, seed=seed)
+    config = plan.config
+    streaming = config.dataprocessor.streaming and streaming_ok
+    if config.dataprocessor.streaming and not streaming_ok:
+        logger.info("streaming: true is ignored here; the data is processed in memory.")
+    chat_template = (
+        config.resolved_chat_template()
+        or data_args.chat_template
+        or getattr(tokenizer, "chat_template", None)
+    )
+    base_ctx = _context(tokenizer, max_seq_length, chat_template, "")
+    with _main_process_first():
+        parts = [
+            _process_one(
+                i, spec, chain, plan, data_args, base_ctx, streaming=streaming, cache_dir=cache_dir
+            )
+            for i, (spec, chain) in enumerate(zip(config.datasets, plan.chains, strict=True))
+        ]
+        train, mixture = _mix(parts, config, streaming)
+        evaluation = _concat_eval(parts)
+    report = DataReport(
+        datasets=[p.report for p in parts],
+        mixture=mixture,
+        streaming=streaming,
+        train_rows=None if streaming else len(train),
+        eval_rows=None if streaming or evaluation is None else len(evaluation),
+    )
+    report.log()
+    return PreparedData(
+        train=train,
+        eval=evaluation,
+        report=report,
+        streaming=streaming,
+        parts={p.spec.name: p.processed for p in parts},
+    )

@@ -1,0 +1,316 @@
+"""Check the data before any tokenizer or model loads, and report every problem at once.
+
+Runs in well under a second: it reads the data config, resolves every handler and validates its
+arguments, opens each data path and reads its first rows (without `datasets`), follows the
+columns through each handler chain, and parses every jinja template. It imports no torch,
+transformers or datasets. Each message names the flag or key path and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tuning.config.schema import DataArgs
+from tuning.data.config_schema import DataConfig, DatasetSpec, load_data_config
+from tuning.data.handlers.registry import BoundHandler, bind_handler
+from tuning.data.legacy import (
+    CHAT,
+    CHAT_TEXT,
+    DEFAULT_CONVERSATION,
+    FORMATTER,
+    INPUT_OUTPUT,
+    TEXT,
+    first_rows,
+    flag_problems,
+    pick_mode,
+)
+from tuning.data.sources import detect_builder, peek_rows, resolve_data_paths
+from tuning.errors import UserError, did_you_mean
+
+PEEK_ROWS = 5
+_PLACEHOLDER_SPECIALS = {"bos_token": "", "eos_token": "", "pad_token": "", "unk_token": ""}
+
+
+# ---------------------------------------------------------------------------------------------
+# templates
+
+
+def _chat_environment() -> Any:
+    """A jinja environment that parses chat templates as transformers does (generation tags)."""
+    from jinja2 import nodes
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationTag(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            next(parser.stream)
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body)
+
+    return ImmutableSandboxedEnvironment(extensions=[GenerationTag, loopcontrols])
+
+
+def chat_template_problem(template: str, where: str) -> str | None:
+    """Why a chat template does not parse, or None."""
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        _chat_environment().parse(template)
+    except TemplateSyntaxError as exc:
+        return (
+            f"{where}: the chat template has a jinja syntax error at line {exc.lineno}: "
+            f"{exc.message}. Fix the template."
+        )
+    return None
+
+
+def _undeclared(template: str) -> set[str]:
+    from jinja2 import meta
+    from jinja2.sandbox import SandboxedEnvironment
+
+    return set(meta.find_undeclared_variables(SandboxedEnvironment().parse(template)))
+
+
+def _template_columns_problem(template: str, rows: list[dict[str, Any]], where: str) -> str | None:
+    """A template variable that is neither a column of the first row nor a special token."""
+    known = {*rows[0], *_PLACEHOLDER_SPECIALS, "element"} if rows else set()
+    missing = sorted(_undeclared(template) - known)
+    if not rows or not missing:
+        return None
+    return (
+        f"{where}: the template uses {', '.join(repr(m) for m in missing)}, which "
+        f"{'is not a column' if len(missing) == 1 else 'are not columns'} of the data."
+        f"{did_you_mean(missing[0], rows[0])} Columns: {', '.join(rows[0])}."
+    )
+
+
+def _render(template: str, row: Mapping[str, Any]) -> str | None:
+    from tuning.data.handlers.text import compile_template
+
+    try:
+        return compile_template(template).render({**_PLACEHOLDER_SPECIALS, **row, "element": row})
+    except Exception:  # reported elsewhere (missing column) or only knowable with the tokenizer
+        return None
+
+
+def _response_template_problem(
+    texts: list[str | None], template: str, flag: str, tolerance: float
+) -> str | None:
+    """The response template must occur in the text, exactly (whitespace included)."""
+    known = [text for text in texts if text is not None]
+    missing = [text for text in known if template not in text]
+    if not missing or (tolerance > 0 and len(missing) < len(known)):
+        return None
+    return (
+        f"--response_template {template!r} does not occur in {len(missing)} of the first "
+        f"{len(known)} texts ({flag}), so they would train nothing; e.g. {missing[0][:160]!r}. "
+        "It must match the text exactly: check its leading whitespace/newline (backslash "
+        "escapes such as \\n are decoded)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# data config
+
+
+def _is_conversation(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(m, Mapping) and isinstance(m.get("role"), str) and "content" in m for m in value
+    )
+
+
+def _chain_problems(chain: list[BoundHandler], rows: list[dict[str, Any]], where: str) -> list[str]:
+    """Follow the columns through the handlers on the first rows."""
+    problems: list[str] = []
+    columns: list[str] | None = list(rows[0]) if rows else None
+    raw = set(columns or [])
+    for j, bound in enumerate(chain):
+        if columns is None:
+            break
+        step = f"`{where}.data_handlers[{j}]` ({bound.info.name})"
+        reads = bound.args.reads() if hasattr(bound.args, "reads") else []
+        for column in reads:
+            if column not in columns:
+                problems.append(
+                    f"{step} reads column '{column}', which the data does not have at that "
+                    f"step.{did_you_mean(column, columns)} Columns there: "
+                    f"{', '.join(columns) or '(none)'}."
+                )
+        conversation = getattr(bound.args, "conversation_column", None) or getattr(
+            bound.args, "conversation_column_name", None
+        )
+        if (
+            conversation in raw
+            and conversation in columns
+            and not all(_is_conversation(row.get(conversation)) for row in rows)
+        ):
+            problems.append(
+                f"{step}: column '{conversation}' is not a list of {{role, content}} messages "
+                "in every one of the first rows. Fix the data or the column name."
+            )
+        template = getattr(bound.args, "template", None)
+        if isinstance(template, str) and columns == list(rows[0]):
+            problem = _template_columns_problem(template, rows, step)
+            if problem:
+                problems.append(problem)
+        removed = bound.arguments.remove_columns
+        removed_list = list(columns) if removed == "all" else list(removed or [])
+        after = getattr(bound.args, "columns_after", None)
+        columns = after(columns, removed_list) if after else None
+    return problems
+
+
+def _dataset_problems(
+    i: int, spec: DatasetSpec, config: DataConfig, chain: list[BoundHandler] | None
+) -> list[str]:
+    where = f"datasets[{i}]"
+    base = config.source_path.parent if config.source_path else Path.cwd()
+    try:
+        paths = resolve_data_paths(spec.data_paths, base_dir=base, field=f"{where}.data_paths")
+        builder = detect_builder(paths, spec.builder)
+        rows = peek_rows(paths, builder, PEEK_ROWS, split_name=spec.dataset_split_name)
+    except UserError as exc:
+        return [f"`{where}` ({spec.name}): {exc}"]
+    problems = []
+    split = spec.split
+    if config.dataprocessor.streaming and split and (split.validation > 0 or split.train < 1):
+        problems.append(
+            f"`{where}.split`: split is not supported with streaming: true; put validation "
+            "rows in their own dataset or turn streaming off."
+        )
+    if chain is not None:
+        problems += _chain_problems(chain, rows, where)
+    return problems
+
+
+def _data_config_problems(data_args: DataArgs) -> list[str]:
+    try:
+        config = load_data_config(data_args.data_config_path or "")
+    except UserError as exc:
+        return [str(exc)]
+    problems = []
+    if config.dataprocessor.type == "odm":
+        problems.append(
+            "`dataprocessor.type`: online data mixing (ODM) is not built in tuneforge yet; use "
+            "type: default with sampling ratios."
+        )
+    try:
+        template = config.resolved_chat_template()
+    except UserError as exc:
+        problems.append(str(exc))
+    else:
+        if template:
+            problem = chat_template_problem(template, "`dataprocessor` chat template")
+            problems += [problem] if problem else []
+    for i, spec in enumerate(config.datasets):
+        chain: list[BoundHandler] | None = []
+        for j, handler in enumerate(spec.data_handlers):
+            try:
+                bound = bind_handler(
+                    handler.name, handler.arguments, f"datasets[{i}].data_handlers[{j}]"
+                )
+            except UserError as exc:
+                problems.append(str(exc))
+                chain = None
+                continue
+            if chain is not None:
+                chain.append(bound)
+        problems += _dataset_problems(i, spec, config, chain)
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# flags only
+
+
+def _mode_problems(
+    data_args: DataArgs, mode: str, rows: list[dict[str, Any]], flag: str
+) -> list[str]:
+    problems = []
+    tolerance = data_args.zero_label_tolerance
+    if mode == TEXT and data_args.response_template:
+        column = data_args.dataset_text_field or ""
+        texts = [row.get(column) if isinstance(row.get(column), str) else None for row in rows]
+        problem = _response_template_problem(texts, data_args.response_template, flag, tolerance)
+        problems += [problem] if problem else []
+    elif mode == FORMATTER and data_args.data_formatter_template:
+        template = data_args.data_formatter_template
+        try:
+            from tuning.data.handlers.text import compile_template
+
+            compile_template(template)
+        except UserError as exc:
+            return [f"--data_formatter_template: {exc}"]
+        problem = _template_columns_problem(template, rows, "--data_formatter_template")
+        if problem:
+            return [problem]
+        if data_args.response_template:
+            texts = [_render(template, row) for row in rows]
+            problem = _response_template_problem(
+                texts, data_args.response_template, flag, tolerance
+            )
+            problems += [problem] if problem else []
+    elif mode in (CHAT, CHAT_TEXT):
+        column = data_args.dataset_conversation_field or DEFAULT_CONVERSATION
+        if not all(_is_conversation(row.get(column)) for row in rows):
+            problems.append(
+                f"{flag}: column '{column}' is not a list of {{role, content}} messages in every "
+                "one of the first rows. Fix the data."
+            )
+    elif mode == INPUT_OUTPUT:
+        for row in rows:
+            bad = [c for c in ("input", "output") if not isinstance(row.get(c), str)]
+            if bad:
+                problems.append(
+                    f"{flag}: column '{bad[0]}' holds {type(row.get(bad[0])).__name__}, not text, "
+                    "in one of the first rows. Fix the data."
+                )
+                break
+    return problems
+
+
+def _legacy_problems(data_args: DataArgs) -> list[str]:
+    problems = []
+    modes = {}
+    for flag, path in (
+        ("--training_data_path", data_args.training_data_path),
+        ("--validation_data_path", data_args.validation_data_path),
+    ):
+        if not path:
+            continue
+        try:
+            rows = first_rows(path, flag, PEEK_ROWS)
+            modes[flag] = pick_mode(data_args, rows, f"{flag} {path}")
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
+        problems += _mode_problems(data_args, modes[flag], rows, f"{flag} {path}")
+    if len(set(modes.values())) > 1:
+        problems.append(
+            "--training_data_path and --validation_data_path hold different kinds of rows "
+            f"({modes['--training_data_path']} vs {modes['--validation_data_path']}); give both "
+            "the same columns."
+        )
+    return problems
+
+
+def preflight_data(data_args: DataArgs) -> list[str]:
+    """Every problem found in the data flags, data config, files and templates ([] = OK)."""
+    problems = flag_problems(data_args)
+    if data_args.chat_template:
+        problem = chat_template_problem(data_args.chat_template, "--chat_template")
+        problems += [problem] if problem else []
+    blocking = (data_args.data_config_path and data_args.training_data_path) or not (
+        data_args.data_config_path or data_args.training_data_path
+    )
+    if blocking:
+        return problems
+    if data_args.data_config_path:
+        return problems + _data_config_problems(data_args)
+    if any(p.startswith(("--data_formatter_template", "--instruction_template")) for p in problems):
+        return problems
+    return problems + _legacy_problems(data_args)
