@@ -84,7 +84,14 @@ def run(job: JobConfig) -> None:
     tokenizer = load_tokenizer(job)
     max_length = effective_max_length(job, tokenizer)
     seed = int(job.hf_training.get("seed", 42))
-    data = prepare_datasets(job.data, tokenizer, max_length, seed=seed)
+    data = prepare_datasets(
+        job.data,
+        tokenizer,
+        max_length,
+        seed=seed,
+        streaming_ok=not job.data.do_dataprocessing_only,
+        cache_dir=job.training.cache_dir,
+    )
     save_resolved_config(job)
     if job.data.do_dataprocessing_only:
         save_processed_data(job, data)
