@@ -43,7 +43,9 @@ def run_ours(dataset, tokenizer):
 
     bound = bind_handler(
         "tokenize_and_apply_chat_template_with_masking",
-        HandlerArguments(batched=True, remove_columns="all", fn_kwargs={"conversation_column": "messages"}),
+        HandlerArguments(
+            batched=True, remove_columns="all", fn_kwargs={"conversation_column": "messages"}
+        ),
         "bench",
     )
     ctx = _context(tokenizer, 4096, tokenizer.chat_template, "bench")
@@ -59,7 +61,10 @@ def run_trl(dataset, tokenizer):
             return_assistant_tokens_mask=True,
         )  # fmt: skip
         ids, mask = out["input_ids"], out["assistant_masks"]
-        return {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask, strict=True)]}
+        return {
+            "input_ids": ids,
+            "labels": [t if m else -100 for t, m in zip(ids, mask, strict=True)],
+        }
 
     return dataset.map(tokenize_fn, remove_columns=dataset.column_names)
 

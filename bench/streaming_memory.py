@@ -34,7 +34,9 @@ def child(rows: int, streaming: bool) -> None:
     data = folder / "rows.jsonl"
     with open(data, "w") as handle:
         for i in range(rows):
-            handle.write(json.dumps({"input": f"Add {i} and {i + 7}.", "output": f" {2 * i + 7}"}) + "\n")
+            handle.write(
+                json.dumps({"input": f"Add {i} and {i + 7}.", "output": f" {2 * i + 7}"}) + "\n"
+            )
     config = folder / "config.yaml"
     config.write_text(
         "dataprocessor:\n  streaming: " + ("true" if streaming else "false") + "\n"
@@ -71,9 +73,11 @@ def main() -> int:
         small, large = measure(BASE_ROWS, streaming), measure(10 * BASE_ROWS, streaming)
         label = "streaming" if streaming else "in-memory"
         results[label] = (small, large)
-        print(f"{label:9s}: {small['rows']:>7} rows {small['peak_mb']:7.1f} MB | "
-              f"{large['rows']:>7} rows {large['peak_mb']:7.1f} MB | "
-              f"10x data -> {large['peak_mb'] / small['peak_mb']:.2f}x peak memory")
+        print(
+            f"{label:9s}: {small['rows']:>7} rows {small['peak_mb']:7.1f} MB | "
+            f"{large['rows']:>7} rows {large['peak_mb']:7.1f} MB | "
+            f"10x data -> {large['peak_mb'] / small['peak_mb']:.2f}x peak memory"
+        )
     print(f"machine: {machine}")
     with open(REPO / "bench" / "results.jsonl", "a") as handle:
         handle.write(json.dumps({"bench": "streaming_memory", "machine": machine,

@@ -17,25 +17,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuning.config.schema import DataArgs
-from tuning.data.config_schema import DataConfig, DatasetSpec, HandlerArguments, load_data_config
+from tuning.data.config_schema import DataConfig, DatasetSpec, load_data_config
+from tuning.data.finish import (
+    CHAT_MASKING,
+    drop_zero_labels,
+    ensure_labels,
+    finishing_chain,
+    fit_long_rows,
+    normalise,
+    stream_checks,
+)
 from tuning.data.handlers.registry import (
     STAT_COLUMNS,
     BoundHandler,
     HandlerContext,
     apply_chain,
-    apply_handler,
     bind_handler,
     column_names,
 )
 from tuning.data.legacy import flag_problems, legacy_data_config
 from tuning.data.report import (
+    AuditResult,
     DataReport,
     DatasetReport,
     MixtureEntry,
     audit_chat_masks,
-    fill_counts,
-    row_stats,
-    row_stats_from_rows,
 )
 from tuning.data.sources import detect_builder, load_rows, resolve_data_paths
 from tuning.errors import ConfigError, DataError
@@ -45,8 +51,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-CHAT_MASKING = "tokenize_and_apply_chat_template_with_masking"
-COMPLETION = "tokenize_with_completion_mask"
 SOURCE_COLUMN = "_tf_source"
 DEFAULT_AUDIT_ROWS = 64
 
@@ -97,6 +101,14 @@ def plan_data(data_args: DataArgs, *, seed: int = 42) -> _Plan:
     """Load (or build) the data config and bind every handler; no data is read except, for a
     flag-only job, the first rows that decide its mode."""
     config, mode = _data_config(data_args, seed)
+    for spec in config.datasets:
+        split = spec.split
+        if config.dataprocessor.streaming and split and (split.validation > 0 or split.train < 1):
+            raise ConfigError(
+                f"dataset '{spec.name}': split is not supported with streaming: true (a stream "
+                "has no length to split). Put validation rows in their own dataset with split "
+                "{train: 0, validation: 1} and streaming off, or turn streaming off."
+            )
     chains = []
     for i, spec in enumerate(config.datasets):
         chains.append(
@@ -140,155 +152,14 @@ def _context(tokenizer: Any, max_seq_length: int, chat_template: str | None, nam
 # one dataset
 
 
-def _finishing_stage(
-    dataset: Any, spec: DatasetSpec, chain: list[BoundHandler], data_args: DataArgs, where: str
-) -> BoundHandler | None:
-    """What turns the chain's output into input_ids + labels, when it is not there yet."""
-    columns = column_names(dataset)
-    if "input_ids" in columns:
-        return None
-    text_column = data_args.dataset_text_field
-    if not text_column or text_column not in columns:
-        written = chain[-1].args.writes() if chain and hasattr(chain[-1].args, "writes") else []
-        written = [c for c in written if c in columns and c not in STAT_COLUMNS]
-        text_column = written[0] if len(written) == 1 else None
-    if text_column is None:
-        raise DataError(
-            f"dataset '{spec.name}' has no input_ids after its handlers (columns: "
-            f"{', '.join(columns)}). End its data_handlers with a tokenizing handler (e.g. "
-            "tokenize_and_apply_input_masking or tokenize_and_apply_chat_template_with_masking), "
-            "or name the text column with --dataset_text_field."
-        )
-    if not data_args.response_template:
-        logger.warning(
-            "Dataset '%s' ends with text column '%s' and no --response_template is set: every "
-            "token of it is trained.",
-            spec.name,
-            text_column,
-        )
-    arguments = HandlerArguments(
-        fn_kwargs={
-            "text_column_name": text_column,
-            "response_template": data_args.response_template,
-            "instruction_template": data_args.instruction_template,
-            "add_eos_token": True,
-        },
-        batched=True,
-        remove_columns="all",
-    )
-    return bind_handler(COMPLETION, arguments, f"{where} (final tokenization)")
-
-
-def _ensure_labels(dataset: Any, name: str) -> Any:
-    if "labels" in column_names(dataset):
-        return dataset
-    logger.info("Dataset '%s' has input_ids but no labels: every token is trained.", name)
-    return dataset.map(lambda batch: {"labels": batch["input_ids"]}, batched=True)
-
-
-def _normalise(dataset: Any) -> Any:
-    """Keep input_ids and labels (and the stat columns) with one type, so datasets can be mixed."""
-    from datasets import Features, List, Value
-
-    present = column_names(dataset)
-    dataset = dataset.select_columns(
-        [c for c in present if c in ("input_ids", "labels", *STAT_COLUMNS)]
-    )
-    # the types datasets itself infers for these columns, so the usual case needs no cast
-    wanted = {"input_ids": List(Value("int32")), "labels": List(Value("int64"))}
-    features = dataset.features
-    if features is None:
-        return dataset
-    if any(features.get(name) != kind for name, kind in wanted.items()):
-        target = Features({**features, **wanted})
-        dataset = dataset.cast(target)
-    return dataset
-
-
-def _zero_label_hint(chain: list[BoundHandler]) -> str:
-    last = chain[-1] if chain else None
-    if last is not None and last.info.name == COMPLETION:
-        template = getattr(last.args, "response_template", None)
-        if template:
-            return (
-                f"The response template {template!r} never occurs in the text of these samples; "
-                "check its leading whitespace/newline, it must match the text exactly "
-                "(e.g. '\\n### Response:' is not ' ### Response:')."
-            )
-    if last is not None and last.info.name == CHAT_MASKING:
-        return "These conversations have no assistant turn with content to train."
-    if last is not None and last.info.name == "tokenize_and_apply_input_masking":
-        return "Their output column is empty (and add_eos_token is off)."
-    return "Check the masking settings of this dataset."
-
-
-def _drop_zero_labels(
-    dataset: Any, report: DatasetReport, tolerance: float, chain: list[BoundHandler], tokenizer: Any
-) -> Any:
-    """Count rows with no trained token, fail past the tolerance, drop the rest of them."""
-    import numpy as np
-
-    stats = row_stats(dataset)
-    fill_counts(report, stats)
-    zero = np.flatnonzero(stats.trained == 0)
-    if zero.size:
-        example = tokenizer.decode(dataset[int(zero[0])]["input_ids"])
-        report.zero_label_example = example[:500]
-        _check_zero_fraction(report, tolerance, chain)
-        dataset = dataset.select(np.flatnonzero(stats.trained > 0))
-    return dataset
-
-
-def _check_zero_fraction(
-    report: DatasetReport, tolerance: float, chain: list[BoundHandler]
-) -> None:
-    if not report.zero_label_rows:
-        return
-    fraction = report.zero_label_rows / max(report.rows, 1)
-    logger.warning(
-        "Dataset '%s': %d of %d samples have no trained token and are dropped.",
-        report.name,
-        report.zero_label_rows,
-        report.rows,
-    )
-    if fraction > tolerance:
-        raise DataError(
-            f"{report.zero_label_rows} of {report.rows} samples in dataset '{report.name}' have "
-            f"no trained token (every label is -100), more than the allowed fraction "
-            f"{tolerance:g}. Example: {report.zero_label_example!r}. {_zero_label_hint(chain)} "
-            "To drop such samples instead, raise --zero_label_tolerance (or the data config's "
-            "dataprocessor.max_zero_label_fraction)."
-        )
-
-
-def _has_trained_label(row: dict[str, Any]) -> bool:
-    return any(label != -100 for label in row["labels"])
-
-
-def _stream_checks(
-    dataset: Any,
-    report: DatasetReport,
-    tolerance: float,
-    chain: list[BoundHandler],
-    tokenizer: Any,
-    sample: int,
-) -> Any:
-    """A stream cannot be counted: check its first rows, then drop zero-label rows lazily."""
-    rows = list(dataset.take(sample))
-    report.sampled = True
-    stats = row_stats_from_rows(rows)
-    fill_counts(report, stats)
-    first_zero = next((r for r in rows if not _has_trained_label(r)), None)
-    if first_zero is not None:
-        report.zero_label_example = tokenizer.decode(first_zero["input_ids"])[:500]
-        _check_zero_fraction(report, tolerance, chain)
-    return dataset.filter(_has_trained_label)
-
-
 def _audit(
-    raw: Any, spec: DatasetSpec, chain: list[BoundHandler], ctx: HandlerContext, size: int
-) -> Any:
-    """Cross-check the chat mask of the first rows with the second method."""
+    raw: Any, chain: list[BoundHandler], ctx: HandlerContext, size: int
+) -> AuditResult | None:
+    """Cross-check the chat mask of the first rows with the second method.
+
+    The audit is a diagnostic: if it cannot run (e.g. the rows do not fit one arrow schema), the
+    run goes on with a warning.
+    """
     from datasets import Dataset
 
     from tuning.data.handlers.tokenize import chat_max_length
@@ -296,18 +167,17 @@ def _audit(
     index = next((j for j, b in enumerate(chain) if b.info.name == CHAT_MASKING), None)
     if index is None or size <= 0:
         return None
-    rows = [dict(row) for row in raw.take(size)]
-    if not rows:
+    try:
+        rows = [dict(row) for row in raw.take(size)]
+        if rows and index > 0:  # the steps before the chat handler, on the sample only
+            rows = [dict(row) for row in apply_chain(Dataset.from_list(rows), chain[:index], ctx)]
+        bound = chain[index]
+        return audit_chat_masks(
+            rows, bound.args.conversation_column, ctx, chat_max_length(bound.args, ctx)
+        )
+    except Exception as exc:  # a failed cross-check must not stop training
+        logger.warning("Dataset '%s': mask audit skipped (%s).", ctx.dataset_name, exc)
         return None
-    sample = Dataset.from_list(rows)
-    sample = apply_chain(sample, chain[:index], ctx)
-    bound = chain[index]
-    return audit_chat_masks(
-        [dict(row) for row in sample],
-        bound.args.conversation_column,
-        ctx,
-        chat_max_length(bound.args, ctx),
-    )
 
 
 def _split(dataset: Any, spec: DatasetSpec, seed: int, streaming: bool) -> tuple[Any, Any]:
@@ -317,13 +187,7 @@ def _split(dataset: Any, spec: DatasetSpec, seed: int, streaming: bool) -> tuple
     if spec.split is None:
         return dataset, None
     train, validation = spec.split.train, spec.split.validation
-    if streaming:
-        if validation > 0 or train < 1:
-            raise ConfigError(
-                f"dataset '{spec.name}': split is not supported with streaming: true (a stream "
-                "has no length to split). Put validation rows in their own dataset with split "
-                "{train: 0, validation: 1}, or turn streaming off."
-            )
+    if streaming:  # plan_data refused any other split
         return dataset, None
     total = len(dataset)
     n_val = math.ceil(total * validation - 1e-9) if validation > 0 else 0
@@ -377,16 +241,17 @@ def _process_one(
     )
     ctx = dataclasses.replace(base_ctx, dataset_name=spec.name)
     dataset = apply_chain(raw, chain, ctx)
-    finisher = _finishing_stage(dataset, spec, chain, data_args, where)
-    if finisher is not None:
-        dataset = apply_handler(dataset, finisher, ctx)
-        chain = [*chain, finisher]
-    dataset = _normalise(_ensure_labels(dataset, spec.name))
+    finishing = finishing_chain(dataset, spec, chain, data_args, where)
+    dataset = apply_chain(dataset, finishing, ctx)
+    chain = [*chain, *finishing]
+    dataset = ensure_labels(dataset, spec.name)
+    dataset = fit_long_rows(dataset, ctx.max_seq_length, ctx.tokenizer.bos_token_id)
+    dataset = normalise(dataset)
     report = DatasetReport(name=spec.name)
     tolerance = max(data_args.zero_label_tolerance, config.dataprocessor.max_zero_label_fraction)
     audit_rows = config.dataprocessor.audit_sample_size
     if streaming:
-        dataset = _stream_checks(
+        dataset = stream_checks(
             dataset, report, tolerance, chain, ctx.tokenizer, max(audit_rows, DEFAULT_AUDIT_ROWS)
         )
     else:
@@ -394,12 +259,12 @@ def _process_one(
             raise DataError(
                 f"dataset '{spec.name}' has no rows left after its handlers; check its filters."
             )
-        dataset = _drop_zero_labels(dataset, report, tolerance, chain, ctx.tokenizer)
-        _log_truncation(report)
+        dataset = drop_zero_labels(dataset, report, tolerance, chain, ctx.tokenizer)
+    _log_truncation(report)
     present = [c for c in STAT_COLUMNS if c in column_names(dataset)]
     if present:
         dataset = dataset.remove_columns(present)
-    report.audit = _audit(raw, spec, chain, ctx, audit_rows)
+    report.audit = _audit(raw, chain, ctx, audit_rows)
     processed = dataset
     if spec.shuffle:
         seed = config.dataprocessor.seed
@@ -417,10 +282,11 @@ def _process_one(
 
 def _log_truncation(report: DatasetReport) -> None:
     logger.info(
-        "Dataset '%s': %d samples, %d with the prompt trimmed, %d with the response trimmed, "
+        "Dataset '%s': %d samples%s, %d with the prompt trimmed, %d with the response trimmed, "
         "%d without a trained token.",
         report.name,
         report.rows,
+        " (the first of the stream)" if report.sampled else "",
         report.truncated_prompt_rows,
         report.truncated_response_rows,
         report.zero_label_rows,

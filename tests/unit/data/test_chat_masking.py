@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from tuning.data.chat import assistant_spans, special_tokens_of, spans_by_prefix
+from tuning.data.chat import assistant_spans, spans_by_prefix, special_tokens_of
 from tuning.data.config_schema import HandlerArguments
 from tuning.data.handlers import HandlerContext, apply_handler, bind_handler
 from tuning.data.handlers.registry import TRIMMED_PROMPT

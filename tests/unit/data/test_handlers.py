@@ -16,18 +16,19 @@ from datasets import Dataset
 from pydantic import Field
 
 from tuning.data.chat import special_tokens_of
-from tuning.data.config_schema import HandlerArguments
+from tuning.data.config_schema import HandlerArguments, HandlerSpec
 from tuning.data.handlers import (
     HandlerArgs,
     HandlerContext,
     apply_handler,
+    apply_handler_spec,
     available_handlers,
     bind_handler,
     register_handler,
+    registry,
     render_handlers_markdown,
     resolve_handler,
 )
-from tuning.data.handlers import registry
 from tuning.data.masking import IGNORE_INDEX
 from tuning.errors import ConfigError, DataError
 
@@ -74,7 +75,7 @@ def test_response_template_that_tokenizes_differently_in_context(tiny_tokenizer)
 
     # context-independent pieces: the prompt, ' complaint', '</s>'
     prompt_ids = ids(tok, prompt)
-    assert in_context + [EOS] == prompt_ids + [315, EOS]
+    assert [*in_context, EOS] == [*prompt_ids, 315, EOS]
     expected = [X] * len(prompt_ids) + [315, EOS]
 
     for template in ("Response:", "\n### Response:", "### Response:"):
@@ -84,7 +85,7 @@ def test_response_template_that_tokenizes_differently_in_context(tiny_tokenizer)
             ctx_for(tok),
             fn_kwargs={"text_column_name": "text", "response_template": template},
         )
-        assert out[0]["input_ids"] == prompt_ids + [315, EOS]
+        assert out[0]["input_ids"] == [*prompt_ids, 315, EOS]
         assert out[0]["labels"] == expected, template
 
 
@@ -138,7 +139,7 @@ def test_multi_turn_completion_mask_with_instruction_template(tiny_tokenizer):
         },
     )
     turn = [5, 206, *ids(tok, "What is 2+2?"), 6, 206]
-    assert out[0]["input_ids"] == turn + [27, 21] + turn + [27, 21, EOS]
+    assert out[0]["input_ids"] == [*turn, 27, 21, *turn, 27, 21, EOS]
     assert out[0]["labels"] == [X] * len(turn) + [27, 21] + [X] * len(turn) + [27, 21, EOS]
 
 
@@ -156,7 +157,7 @@ def test_input_output_masking_joins_like_fms_and_trains_output_and_eos(tiny_toke
     assert out[0]["input_ids"] == [623, 964, 347, 553, 21, 553, EOS]  # "Add 0 and 8. 8</s>"
     assert out[0]["labels"] == [X] * 5 + [553, EOS]
     prompt_ids = ids(tok, "### Input: hi\n\n### Response:")
-    assert out[1]["input_ids"] == prompt_ids + [315, EOS]
+    assert out[1]["input_ids"] == [*prompt_ids, 315, EOS]
     assert out[1]["labels"] == [X] * len(prompt_ids) + [315, EOS]
 
 
@@ -233,7 +234,7 @@ def test_jinja_then_completion_mask_gives_exact_labels(tiny_tokenizer):
     )
     out = apply_handler(formatted, bound, ctx)
     prompt = ids(tok, "### Q: Add 0 and 8.\n### A:")
-    assert out[0]["input_ids"] == prompt + [553, EOS]
+    assert out[0]["input_ids"] == [*prompt, 553, EOS]
     assert out[0]["labels"] == [X] * len(prompt) + [553, EOS]
 
 
@@ -321,6 +322,14 @@ def test_skip_samples_with_large_columns(tiny_tokenizer):
         fn_kwargs={"column_name": "t", "max_allowed_length": 4},
     )
     assert out["t"] == ["abc", "abcd"]
+
+
+def test_apply_handler_spec_in_one_call(tiny_tokenizer):
+    spec = HandlerSpec(
+        name="rename_columns", arguments={"fn_kwargs": {"column_mapping": {"a": "b"}}}
+    )
+    out = apply_handler_spec(Dataset.from_list([{"a": 1}]), spec, ctx_for(tiny_tokenizer))
+    assert out.column_names == ["b"]
 
 
 def test_rename_select_remove_columns(tiny_tokenizer):
@@ -519,3 +528,13 @@ def test_handlers_markdown_documents_every_handler_alias_and_argument():
             assert f"`{argument}`" in text
     assert "(also `dataset_text_field`)" in text
     assert "kind: filter; batched: yes" in text
+
+
+def test_a_taken_handler_name_is_refused():
+    def tokenize(batch, args, ctx):
+        return batch
+
+    with pytest.raises(ConfigError, match=r"'tokenize' is already taken by tuning\.data\.handlers"):
+        register_handler("tokenize", arguments=registry.HandlerArgs)(tokenize)
+    with pytest.raises(ConfigError, match="'retain_columns' is already taken"):
+        register_handler("retain_columns", arguments=registry.HandlerArgs)(tokenize)

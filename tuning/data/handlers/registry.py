@@ -12,6 +12,8 @@ names with it before anything heavy is loaded.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import inspect
 import logging
@@ -26,7 +28,7 @@ from tuning.errors import ConfigError, DataError, did_you_mean
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
 
-    from tuning.data.config_schema import HandlerArguments
+    from tuning.data.config_schema import HandlerArguments, HandlerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class HandlerInfo:
     name: str
     fn: HandlerFn
     arguments: type[HandlerArgs] | type[BaseModel]
-    kind: str = "map"
+    kind: Kind = "map"
     batched_support: bool = False
     aliases: tuple[str, ...] = ()
     source: str = "built in"
@@ -123,7 +125,7 @@ def register_handler(
     name: str,
     *,
     arguments: type[BaseModel],
-    kind: str = "map",
+    kind: Kind = "map",
     batched_support: bool = False,
     aliases: tuple[str, ...] = (),
 ) -> Callable[[HandlerFn], HandlerFn]:
@@ -139,6 +141,12 @@ def register_handler(
     _check_model(arguments, f"handler '{name}'")
 
     def decorate(fn: HandlerFn) -> HandlerFn:
+        taken = _REGISTRY.get(name) or _REGISTRY.get(_ALIASES.get(name, ""))
+        if taken is not None and _where(taken.fn) != _where(fn):
+            raise ConfigError(
+                f"data handler name '{name}' is already taken by {_where(taken.fn)}; register "
+                f"{_where(fn)} under another name."
+            )
         info = HandlerInfo(
             name=name,
             fn=fn,
@@ -155,6 +163,10 @@ def register_handler(
         return fn
 
     return decorate
+
+
+def _where(fn: HandlerFn) -> str:
+    return f"{fn.__module__}:{fn.__qualname__}"
 
 
 def _load_builtins() -> None:
@@ -351,8 +363,22 @@ def column_names(dataset: Dataset | IterableDataset) -> list[str]:
     return []
 
 
-def _call(batch: Any, _handler: HandlerFn, _args: BaseModel, _ctx: HandlerContext) -> Any:
+def _call(
+    batch: Any, _handler: HandlerFn, _args: BaseModel, _ctx: HandlerContext, _code: str = ""
+) -> Any:
     return _handler(batch, _args, _ctx)
+
+
+@functools.lru_cache(maxsize=256)
+def _code_digest(fn: HandlerFn) -> str:
+    """A digest of the handler's code: datasets hashes module functions by name only, so this
+    is what makes its cache notice an edited handler."""
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        source = repr((code.co_code, code.co_consts)) if code else repr(fn)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 def apply_handler(
@@ -367,7 +393,12 @@ def apply_handler(
     streaming = isinstance(dataset, IterableDataset)
     options: dict[str, Any] = {
         "batched": info.batched_support,
-        "fn_kwargs": {"_handler": info.fn, "_args": bound.args, "_ctx": ctx},
+        "fn_kwargs": {
+            "_handler": info.fn,
+            "_args": bound.args,
+            "_ctx": ctx,
+            "_code": _code_digest(info.fn),
+        },
     }
     if info.batched_support and arguments.batch_size:
         options["batch_size"] = arguments.batch_size
@@ -390,6 +421,16 @@ def apply_handler(
                 f"{', '.join(present)}). Fix the names."
             )
     return dataset.map(_call, remove_columns=remove or None, **options)
+
+
+def apply_handler_spec(
+    dataset: Dataset | IterableDataset,
+    spec: HandlerSpec,
+    ctx: HandlerContext,
+    where: str = "data_handlers[0]",
+) -> Dataset | IterableDataset:
+    """Bind a data config's handler entry (name + arguments) and apply it in one call."""
+    return apply_handler(dataset, bind_handler(spec.name, spec.arguments, where), ctx)
 
 
 def apply_chain(

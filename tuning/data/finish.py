@@ -1,0 +1,235 @@
+"""From a handler chain's output to clean rows of input_ids + labels, with their counts.
+
+After a dataset's handlers run, this module finishes it: a chain that stopped at text is
+tokenized with the completion mask of the flags, untouched rows are read like a flag-only job's,
+missing labels train every token, rows longer than the maximum are cut like any other sample
+(prompt from the left, response kept), the columns get one type so datasets can be mixed, and
+rows with no trained token are counted, reported and dropped (or stop the run).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tuning.config.schema import DataArgs
+from tuning.data.config_schema import DatasetSpec, HandlerArguments
+from tuning.data.handlers.registry import (
+    STAT_COLUMNS,
+    TRIMMED_PROMPT,
+    TRIMMED_RESPONSE,
+    BoundHandler,
+    bind_handler,
+    column_names,
+)
+from tuning.data.legacy import handlers_for, pick_mode
+from tuning.data.masking import IGNORE_INDEX, fit_to_length
+from tuning.data.report import DatasetReport, fill_counts, row_stats, row_stats_from_rows
+from tuning.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+COMPLETION = "tokenize_with_completion_mask"
+CHAT_MASKING = "tokenize_and_apply_chat_template_with_masking"
+
+
+def completion_stage(text_column: str, data_args: DataArgs, where: str) -> BoundHandler:
+    """tokenize_with_completion_mask on a text column, with the flags' templates."""
+    arguments = HandlerArguments(
+        fn_kwargs={
+            "text_column_name": text_column,
+            "response_template": data_args.response_template,
+            "instruction_template": data_args.instruction_template,
+            "add_eos_token": True,
+        },
+        batched=True,
+        remove_columns="all",
+    )
+    return bind_handler(COMPLETION, arguments, f"{where} (final tokenization)")
+
+
+def finishing_chain(
+    dataset: Any, spec: DatasetSpec, chain: list[BoundHandler], data_args: DataArgs, where: str
+) -> list[BoundHandler]:
+    """What turns the chain's output into input_ids + labels, when it is not there yet.
+
+    A chain that ends with a text column (a jinja or chat-template rendering) is tokenized with
+    the completion mask of --response_template/--instruction_template. Rows no handler touched
+    are read like a flag-only job's rows (input/output, messages, --dataset_text_field, ...).
+    """
+    columns = column_names(dataset)
+    if "input_ids" in columns:
+        return []
+    text_column = data_args.dataset_text_field
+    if chain and (not text_column or text_column not in columns):
+        written = chain[-1].args.writes() if hasattr(chain[-1].args, "writes") else []
+        written = [c for c in written if c in columns and c not in STAT_COLUMNS]
+        text_column = written[0] if len(written) == 1 else None
+    if chain and text_column is None:
+        raise DataError(
+            f"dataset '{spec.name}' has no input_ids after its handlers (columns: "
+            f"{', '.join(columns)}). End its data_handlers with a tokenizing handler (e.g. "
+            "tokenize_and_apply_input_masking or tokenize_and_apply_chat_template_with_masking), "
+            "or name the text column with --dataset_text_field."
+        )
+    if text_column is not None and (chain or data_args.data_formatter_template is None):
+        if not data_args.response_template:
+            logger.warning(
+                "Dataset '%s' ends with text column '%s' and no --response_template is set: "
+                "every token of it is trained.",
+                spec.name,
+                text_column,
+            )
+        return [completion_stage(text_column, data_args, where)]
+    rows = [dict(row) for row in dataset.take(1)]
+    mode = pick_mode(data_args, rows, f"dataset '{spec.name}'")
+    logger.info("Dataset '%s' has no handlers: processing it as %s.", spec.name, mode)
+    return [
+        bind_handler(handler.name, handler.arguments, f"{where} ({mode})")
+        for handler in handlers_for(mode, data_args)
+    ]
+
+
+def ensure_labels(dataset: Any, name: str) -> Any:
+    if "labels" in column_names(dataset):
+        return dataset
+    logger.info("Dataset '%s' has input_ids but no labels: every token is trained.", name)
+    return dataset.map(lambda batch: {"labels": batch["input_ids"]}, batched=True)
+
+
+def _fit_batch(
+    batch: dict[str, list[Any]], max_length: int, bos_id: int | None
+) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {
+        "input_ids": [],
+        "labels": [],
+        TRIMMED_PROMPT: [],
+        TRIMMED_RESPONSE: [],
+    }
+    for index, (ids, labels) in enumerate(zip(batch["input_ids"], batch["labels"], strict=True)):
+        keep_first = bool(ids) and bos_id is not None and ids[0] == bos_id
+        fitted = fit_to_length(list(ids), list(labels), max_length, keep_first)
+        out["input_ids"].append(fitted.input_ids)
+        out["labels"].append(fitted.labels)
+        for column, added in (
+            (TRIMMED_PROMPT, fitted.trimmed_prompt_tokens),
+            (TRIMMED_RESPONSE, fitted.trimmed_response_tokens),
+        ):
+            before = batch[column][index] if column in batch else 0
+            out[column].append(before + added)
+    return out
+
+
+def fit_long_rows(dataset: Any, max_length: int | None, bos_id: int | None) -> Any:
+    """Cut rows longer than max_length (pretokenized data, a `tokenize` max_length above it)
+    the way every tokenizing handler does: prompt from the left, response kept, counted."""
+    from datasets import IterableDataset
+
+    if max_length is None:
+        return dataset
+    if not isinstance(dataset, IterableDataset) and (
+        len(dataset) == 0 or int(row_stats(dataset).lengths.max()) <= max_length
+    ):
+        return dataset
+    return dataset.map(
+        _fit_batch, batched=True, fn_kwargs={"max_length": max_length, "bos_id": bos_id}
+    )
+
+
+def normalise(dataset: Any) -> Any:
+    """Keep input_ids and labels (and the stat columns) with one type, so datasets can be mixed."""
+    from datasets import Features, List, Value
+
+    present = column_names(dataset)
+    dataset = dataset.select_columns(
+        [c for c in present if c in ("input_ids", "labels", *STAT_COLUMNS)]
+    )
+    # the types datasets itself infers for these columns, so the usual case needs no cast
+    wanted = {"input_ids": List(Value("int32")), "labels": List(Value("int64"))}
+    features = dataset.features
+    if features is None:
+        return dataset
+    if any(features.get(name) != kind for name, kind in wanted.items()):
+        target = Features({**features, **wanted})
+        dataset = dataset.cast(target)
+    return dataset
+
+
+def _zero_label_hint(chain: list[BoundHandler]) -> str:
+    last = chain[-1] if chain else None
+    if last is not None and last.info.name == COMPLETION:
+        template = getattr(last.args, "response_template", None)
+        if template:
+            return (
+                f"The response template {template!r} never occurs in the text of these samples; "
+                "check its leading whitespace/newline, it must match the text exactly "
+                "(e.g. '\\n### Response:' is not ' ### Response:')."
+            )
+    if last is not None and last.info.name == CHAT_MASKING:
+        return "These conversations have no assistant turn with content to train."
+    if last is not None and last.info.name == "tokenize_and_apply_input_masking":
+        return "Their output column is empty (and add_eos_token is off)."
+    return "Check the masking settings of this dataset."
+
+
+def drop_zero_labels(
+    dataset: Any, report: DatasetReport, tolerance: float, chain: list[BoundHandler], tokenizer: Any
+) -> Any:
+    """Count rows with no trained token, fail past the tolerance, drop the rest of them."""
+    import numpy as np
+
+    stats = row_stats(dataset)
+    fill_counts(report, stats)
+    zero = np.flatnonzero(stats.trained == 0)
+    if zero.size:
+        example = tokenizer.decode(dataset[int(zero[0])]["input_ids"])
+        report.zero_label_example = example[:500]
+        _check_zero_fraction(report, tolerance, chain)
+        dataset = dataset.select(np.flatnonzero(stats.trained > 0))
+    return dataset
+
+
+def _check_zero_fraction(
+    report: DatasetReport, tolerance: float, chain: list[BoundHandler]
+) -> None:
+    if not report.zero_label_rows:
+        return
+    fraction = report.zero_label_rows / max(report.rows, 1)
+    logger.warning(
+        "Dataset '%s': %d of %d samples have no trained token and are dropped.",
+        report.name,
+        report.zero_label_rows,
+        report.rows,
+    )
+    if fraction > tolerance:
+        raise DataError(
+            f"{report.zero_label_rows} of {report.rows} samples in dataset '{report.name}' have "
+            f"no trained token (every label is -100), more than the allowed fraction "
+            f"{tolerance:g}. Example: {report.zero_label_example!r}. {_zero_label_hint(chain)} "
+            "To drop such samples instead, raise --zero_label_tolerance (or the data config's "
+            "dataprocessor.max_zero_label_fraction)."
+        )
+
+
+def _has_trained_label(row: dict[str, Any]) -> bool:
+    return any(label != IGNORE_INDEX for label in row["labels"])
+
+
+def stream_checks(
+    dataset: Any,
+    report: DatasetReport,
+    tolerance: float,
+    chain: list[BoundHandler],
+    tokenizer: Any,
+    sample: int,
+) -> Any:
+    """A stream cannot be counted: check its first rows, then drop zero-label rows lazily."""
+    rows = list(dataset.take(sample))
+    report.sampled = True
+    stats = row_stats_from_rows(rows)
+    fill_counts(report, stats)
+    first_zero = next((r for r in rows if not _has_trained_label(r)), None)
+    if first_zero is not None:
+        report.zero_label_example = tokenizer.decode(first_zero["input_ids"])[:500]
+        _check_zero_fraction(report, tolerance, chain)
+    return dataset.filter(_has_trained_label)
