@@ -53,7 +53,7 @@ def main() -> int:
         )
         rows.append({"turns": turns, "ours_ms": ours * 1e3, "prefix_ms": prefix * 1e3})
         print(
-            f"{turns:3d} turns: ours {ours * 1e3:8.2f} ms   per-turn prefix {prefix * 1e3:9.2f} ms   "
+            f"{turns:3d} turns: ours {ours * 1e3:8.2f} ms  per-turn prefix {prefix * 1e3:9.2f} ms  "
             f"ratio {prefix / ours:6.1f}x"
         )
     growth_ours = rows[-1]["ours_ms"] / rows[0]["ours_ms"]

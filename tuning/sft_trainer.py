@@ -49,12 +49,12 @@ def preflight(job: JobConfig) -> None:
     if job.data.data_config_path and not problems:
         from tuning.data.config_schema import load_data_config
 
-        if load_data_config(job.data.data_config_path).dataprocessor.streaming:
-            if int(job.hf_training.get("max_steps", -1)) <= 0:
-                problems.append(
-                    "The data config streams its data (streaming: true), so the number of steps "
-                    "cannot be known in advance: set --max_steps."
-                )
+        streaming = load_data_config(job.data.data_config_path).dataprocessor.streaming
+        if streaming and int(job.hf_training.get("max_steps", -1)) <= 0:
+            problems.append(
+                "The data config streams its data (streaming: true), so the number of steps "
+                "cannot be known in advance: set --max_steps."
+            )
     if problems:
         raise ConfigError(
             f"Preflight found {len(problems)} problem(s): "

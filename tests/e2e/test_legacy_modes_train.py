@@ -64,7 +64,7 @@ def test_lora_saves_adapter_and_trains_it(run_tuner, fast_flags, data_dir, tmp_p
     from safetensors.torch import load_file as load
 
     save_dir = tmp_path / "adapter"
-    code, out = run_tuner(
+    code, _ = run_tuner(
         "--training_data_path", str(data_dir / "input_output.jsonl"),
         *fast_flags, "--peft_method", "lora", "--r", "4", "--lora_alpha", "8",
         "--target_modules", "q_proj", "v_proj", "--save_model_dir", str(save_dir),

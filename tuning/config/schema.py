@@ -72,7 +72,7 @@ class DataArgs(_Section):
 
     training_data_path: str | None = Field(
         None,
-        description="Training data: a file (json, jsonl, parquet, arrow, csv), a folder, or a glob.",
+        description="Training data: a file (json, jsonl, parquet, arrow, csv), a folder or a glob.",
     )
     validation_data_path: str | None = Field(
         None, description="Evaluation data, in the same forms as training_data_path."

@@ -43,9 +43,8 @@ def report_to(trackers: list[str]) -> list[str]:
     """Map --trackers to transformers integrations, checking the optional packages exist."""
     unknown = [t for t in trackers if t.lower() not in _KNOWN_TRACKERS]
     if unknown:
-        raise ConfigError(
-            f"--trackers {unknown}: unknown tracker. Available: {', '.join(sorted(_KNOWN_TRACKERS))}."
-        )
+        available = ", ".join(sorted(_KNOWN_TRACKERS))
+        raise ConfigError(f"--trackers {unknown}: unknown tracker. Available: {available}.")
     names = []
     for tracker in (t.lower() for t in trackers):
         if tracker in _REPORT_TO:
