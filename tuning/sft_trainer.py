@@ -55,6 +55,11 @@ def preflight(job: JobConfig) -> None:
                 "The data config streams its data (streaming: true), so the number of steps "
                 "cannot be known in advance: set --max_steps."
             )
+        if streaming and job.training.packing:
+            problems.append(
+                "--packing needs the whole dataset to pack it best-fit; it cannot pack a stream "
+                "(streaming: true). Use --padding_free huggingface instead, or drop streaming."
+            )
     if problems:
         raise ConfigError(
             f"Preflight found {len(problems)} problem(s): "
