@@ -7,8 +7,8 @@ Two comparisons over the same conversations, one process, side by side in one ru
    `{% generation %}` markers (TRL needs them), labels from the mask;
 2. the whole preparation a user waits for: our `prepare_datasets` on a data config (file
    loading, handlers, zero-label check, stats, mask audit included) vs TRL's own
-   `SFTTrainer._prepare_dataset` (tokenize, build labels, truncate, filter) on the in-memory
-   dataset (its file loading is not counted).
+   `SFTTrainer._prepare_dataset` (tokenize, build labels, truncate, filter) after
+   `datasets.load_dataset("json", ...)` of the same file, as a TRL user would run it.
 The tokenizer runs with its defaults (TOKENIZERS_PARALLELISM unset), as in a training job.
 Prints samples/s, ratios, label agreement and the machine; appends to bench/results.jsonl.
 """
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+BATCH = int(os.environ.get("BENCH_BATCH", "1000"))
 GENERATION_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n"
     "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|end|>{% endgeneration %}"
@@ -88,9 +89,14 @@ def run_ours_pipeline(rows_file: Path, tokenizer, workdir: Path):
     return data.train
 
 
-def run_trl_pipeline(dataset, tokenizer):
+def run_trl_pipeline(rows_file: Path, tokenizer, workdir: Path):
     import types
 
+    import datasets
+
+    dataset = datasets.load_dataset(
+        "json", data_files=str(rows_file), split="train", cache_dir=str(workdir / "trl-cache")
+    )
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -138,7 +144,7 @@ def main() -> int:
     ours, ours_s = timed(run_ours, dataset, tokenizer)
     trl, trl_s = timed(run_trl, dataset, tokenizer)
     ours_p, ours_p_s = timed(run_ours_pipeline, rows_file, tokenizer, workdir)
-    trl_p, trl_p_s = timed(run_trl_pipeline, dataset, tokenizer)
+    trl_p, trl_p_s = timed(run_trl_pipeline, rows_file, tokenizer, workdir)
     machine = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
     step_ratio, pipeline_ratio = trl_s / ours_s, trl_p_s / ours_p_s
     print(f"conversations: {n}")

@@ -44,12 +44,14 @@ def _steps(out) -> list[int]:
 def test_json_config_path(run_tuner, tiny_model_dir, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "json-path"
     path = tmp_path / "job.json"
-    path.write_text(json.dumps(_job(tiny_model_dir, data_dir, out)))
+    path.write_text(json.dumps({**_job(tiny_model_dir, data_dir, out), "hub_token": "hf_SECRET"}))
     monkeypatch.setenv("SFT_TRAINER_CONFIG_JSON_PATH", str(path))
     assert run_tuner(model=False, output_dir=out)[0] == 0
     assert _steps(out) == [1, 2]
     saved = json.loads((out / "tuneforge_config.json").read_text())
     assert saved["peft_method"] == "lora" and saved["response_template"] == "\n### Response:"
+    assert saved["hub_token"] == "***"
+    assert not [p for p in out.rglob("*") if p.is_file() and b"hf_SECRET" in p.read_bytes()]
 
 
 def test_json_config_base64_env(run_tuner, tiny_model_dir, data_dir, tmp_path, monkeypatch):

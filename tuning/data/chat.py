@@ -170,6 +170,73 @@ def spans_by_marker(
     return None
 
 
+_TYPE_TESTS = frozenset({"string", "defined", "undefined", "none"})
+
+
+def _content_uses(node: Any, parents: tuple[Any, ...]) -> Any:
+    """Yield (node, ancestors) for every `x['content']` / `x.content` in the template AST."""
+    from jinja2 import nodes
+
+    is_item = isinstance(node, nodes.Getitem) and getattr(node.arg, "value", None) == "content"
+    if is_item or (isinstance(node, nodes.Getattr) and node.attr == "content"):
+        yield node, parents
+    for child in node.iter_child_nodes():
+        yield from _content_uses(child, (*parents, node))
+
+
+def _use_mode(parents: tuple[Any, ...]) -> str | None:
+    """'raw'/'trim' when a content use only reaches the output (maybe concatenated/trimmed)."""
+    from jinja2 import nodes
+
+    mode = "raw"
+    for ancestor in reversed(parents):
+        if isinstance(ancestor, nodes.Output):
+            return mode
+        if isinstance(ancestor, nodes.Test) and ancestor.name in _TYPE_TESTS:
+            return "test"
+        if isinstance(ancestor, nodes.Filter) and ancestor.name == "trim" and mode == "raw":
+            mode = "trim"
+        elif not isinstance(ancestor, (nodes.Add, nodes.Concat)):
+            return None
+    return None
+
+
+@lru_cache(maxsize=32)
+def content_mode(template: str) -> str | None:
+    """How the template uses message contents: 'raw' or 'trim' when it only prints them.
+
+    Such a template renders a conversation exactly as its marked skeleton with the contents
+    put back, so one rendering is enough. Anything else (content in a condition, a variable, a
+    method call) returns None and the conversation is rendered for real as well.
+    """
+    try:
+        tree = _compiled(template).environment.parse(template)
+    except Exception:
+        return None
+    modes = {_use_mode(parents) for _, parents in _content_uses(tree, ())} - {"test"}
+    return modes.pop() if len(modes) == 1 and None not in modes else None
+
+
+def _spans_from_skeleton(
+    template: str, messages: Sequence[Message], special: Mapping[str, str], mode: str, suffix: str
+) -> tuple[str, list[Span]] | None:
+    """One rendering with markers; the text is the skeleton with the contents put back."""
+    contents = [message.get("content") for message in messages]
+    if not all(isinstance(content, str) for content in contents):
+        return None
+    marked = [{**message, "content": _MARKER.format(i)} for i, message in enumerate(messages)]
+    try:
+        skeleton, _ = render(template, marked, special)
+    except Exception:
+        return None
+    variant = [c.strip() for c in contents] if mode == "trim" else contents
+    rebuilt = _rebuild(skeleton, variant, [message.get("role") for message in messages])
+    if rebuilt is None:
+        return None
+    text, spans = rebuilt
+    return text, [(start, _extend_by(text, end, suffix)) for start, end in spans]
+
+
 def spans_by_prefix(
     template: str,
     messages: Sequence[Message],
@@ -203,6 +270,11 @@ def assistant_spans(
     if has_generation_markers(template):
         text, spans = render(template, messages, special, with_indices=True, extra=extra)
         return text, [(start, _extend_by(text, end, suffix)) for start, end in spans]
+    mode = None if extra else content_mode(template)
+    if mode is not None:
+        found = _spans_from_skeleton(template, messages, special, mode, suffix)
+        if found is not None:
+            return found
     text, _ = render(template, messages, special, extra=extra)
     spans = spans_by_marker(template, messages, special, text, suffix, extra)
     if spans is None:

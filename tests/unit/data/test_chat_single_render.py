@@ -1,0 +1,76 @@
+"""The one-rendering path (print-only templates) gives exactly what a real rendering gives."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tuning.data import chat
+
+SPECIAL = {"bos_token": "<s>", "eos_token": "</s>"}
+TINY = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3_TRIM = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+BRANCHING = (
+    "{% for m in messages %}{% if 'secret' in m['content'] %}[redacted]{% else %}"
+    "{{ m['role'] }}: {{ m['content'] }}\n{% endif %}{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "mode"), [(TINY, "raw"), (CHATML, "raw"), (LLAMA3_TRIM, "trim"), (BRANCHING, None)]
+)
+def test_content_mode(template, mode):
+    assert chat.content_mode(template) == mode
+
+
+def _slow(template, messages):
+    """The two-rendering method: the real rendering plus the marked one."""
+    suffix = chat.end_of_turn_text(template, tuple(sorted(SPECIAL.items())))
+    text, _ = chat.render(template, messages, SPECIAL)
+    spans = chat.spans_by_marker(template, messages, SPECIAL, text, suffix)
+    return text, spans
+
+
+text_st = st.text(alphabet=st.sampled_from([*"ab <|>\n\tuser", "é"]), min_size=0, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    template=st.sampled_from([TINY, CHATML, LLAMA3_TRIM]),
+    turns=st.lists(st.tuples(text_st, text_st), min_size=1, max_size=4),
+    system=st.one_of(st.none(), text_st),
+)
+def test_single_rendering_matches_real_rendering(template, turns, system):
+    messages = [] if system is None else [{"role": "system", "content": system}]
+    for user, assistant in turns:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    text, spans = chat.assistant_spans(template, messages, SPECIAL)
+    real_text, real_spans = _slow(template, messages)
+    assert text == real_text
+    if real_spans is not None:
+        assert spans == real_spans
+
+
+def test_branching_template_still_rendered_for_real():
+    messages = [
+        {"role": "user", "content": "the secret?"},
+        {"role": "assistant", "content": "no"},
+    ]
+    text, spans = chat.assistant_spans(BRANCHING, messages, SPECIAL)
+    assert text == "[redacted]assistant: no\n"
+    # The per-turn prefix method (the fallback) cannot tell the header from the answer here.
+    assert [text[a:b] for a, b in spans] == ["assistant: no"]
