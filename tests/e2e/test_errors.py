@@ -21,7 +21,7 @@ def _bad_inputs(data_dir, tmp_path):
         "unknown-flag": (["--training_data_path", io, "--learnin_rate", "1"], "Did you mean 'learning_rate'"),
         "no-model": (["--training_data_path", io, "NOMODEL"], "--model_name_or_path is required"),
         "no-data": ([], "--training_data_path"),
-        "config-and-path": (["--training_data_path", io, "--data_config", str(both_cfg)], "Keep one"),
+        "config-and-path": (["--training_data_path", io, "--data_config", str(both_cfg)], "both set"),
         "missing-file": (["--training_data_path", str(tmp_path / "nope.jsonl")], "nope.jsonl"),
         "bad-int": (["--training_data_path", io, "--num_train_epochs", "abc"], "num_train_epochs"),
         "bad-choice": (["--training_data_path", io, "--peft_method", "lorax"], "expected one of lora"),

@@ -78,30 +78,6 @@ def _cross_checks(job: JobConfig) -> list[str]:
         problems.append("--model_name_or_path is required: the base model folder to tune.")
     if not t.output_dir:
         problems.append("--output_dir is required: where checkpoints and logs go.")
-    if d.data_config_path and d.training_data_path:
-        problems.append(
-            "--data_config and --training_data_path are both set; a data config names its own "
-            "files. Keep one."
-        )
-    if not d.data_config_path and not d.training_data_path:
-        problems.append("Give the data: --training_data_path FILE or --data_config YAML.")
-    if d.data_config_path and d.validation_data_path:
-        problems.append(
-            "--validation_data_path cannot be combined with --data_config; use a dataset's "
-            "`split: {train: .., validation: ..}` or a validation-only dataset in the config."
-        )
-    if d.data_formatter_template and d.dataset_text_field:
-        problems.append(
-            "--data_formatter_template and --dataset_text_field are both set; the template "
-            "already builds the text. Keep one."
-        )
-    if d.data_formatter_template and not d.response_template:
-        problems.append(
-            "--data_formatter_template needs --response_template to know where the response "
-            "starts (e.g. --response_template '\\n## Label:')."
-        )
-    if d.instruction_template and not d.response_template:
-        problems.append("--instruction_template only works together with --response_template.")
     if d.dataset_image_field:
         problems.append("--dataset_image_field: vision-language tuning is not built yet.")
     if p.peft_method == "alora":
