@@ -237,6 +237,73 @@ def _spans_from_skeleton(
     return text, [(start, _extend_by(text, end, suffix)) for start, end in spans]
 
 
+_SEPARATOR = "\ue002"  # private-use: ends each conversation of a batch rendering
+
+
+@lru_cache(maxsize=32)
+def _batch_compiled(template: str) -> Any:
+    """The template inside a loop over conversations: one jinja call renders a whole batch.
+
+    Jinja scopes loop-body variables per iteration, so each conversation renders as it would
+    alone; `assistant_spans_batch` still checks the first one against a single rendering.
+    """
+    loop = "{% for messages in __tuneforge_conversations %}"
+    return _compiled(loop + template + _SEPARATOR + "{% endfor %}")
+
+
+def _marked(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    return [{**message, "content": _MARKER.format(i)} for i, message in enumerate(messages)]
+
+
+def _skeletons(template: str, batch: list[list[dict[str, Any]]], special: Mapping[str, str]):
+    """Marked skeletons of a batch in one rendering, or None when that cannot be trusted."""
+    try:
+        rendered = _batch_compiled(template).render(
+            __tuneforge_conversations=batch,
+            tools=None,
+            documents=None,
+            add_generation_prompt=False,
+            **special,
+        )
+    except Exception:
+        return None
+    pieces = rendered.split(_SEPARATOR)
+    if len(pieces) != len(batch) + 1 or pieces[-1]:
+        return None
+    if pieces[0] != render(template, batch[0], special)[0]:
+        return None
+    return pieces[:-1]
+
+
+def assistant_spans_batch(
+    template: str, conversations: Sequence[Sequence[Message]], special: Mapping[str, str]
+) -> list[tuple[str, list[Span]]]:
+    """assistant_spans for many conversations; print-only templates render the batch at once."""
+    mode = content_mode(template)
+    plain = all(
+        isinstance(m.get("content"), str) and _PLAIN_KEYS.issuperset(m)
+        for messages in conversations
+        for m in messages
+    )
+    if mode is None or not plain or not conversations:
+        return [assistant_spans(template, messages, special) for messages in conversations]
+    marked = [_marked(messages) for messages in conversations]
+    skeletons = _skeletons(template, marked, special)
+    if skeletons is None:
+        return [assistant_spans(template, messages, special) for messages in conversations]
+    suffix = end_of_turn_text(template, tuple(sorted(special.items())))
+    results = []
+    for skeleton, messages in zip(skeletons, conversations, strict=True):
+        contents = [m["content"].strip() if mode == "trim" else m["content"] for m in messages]
+        rebuilt = _rebuild(skeleton, contents, [m.get("role") for m in messages])
+        if rebuilt is None:
+            results.append(assistant_spans(template, messages, special))
+            continue
+        text, spans = rebuilt
+        results.append((text, [(start, _extend_by(text, end, suffix)) for start, end in spans]))
+    return results
+
+
 def spans_by_prefix(
     template: str,
     messages: Sequence[Message],

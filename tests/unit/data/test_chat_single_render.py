@@ -74,3 +74,34 @@ def test_branching_template_still_rendered_for_real():
     assert text == "[redacted]assistant: no\n"
     # The per-turn prefix method (the fallback) cannot tell the header from the answer here.
     assert [text[a:b] for a, b in spans] == ["assistant: no"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    template=st.sampled_from([TINY, CHATML, LLAMA3_TRIM, BRANCHING]),
+    conversations=st.lists(
+        st.lists(st.tuples(text_st, text_st), min_size=1, max_size=3), min_size=1, max_size=5
+    ),
+)
+def test_batch_rendering_matches_one_by_one(template, conversations):
+    batch = [
+        [m for user, bot in turns for m in ({"role": "user", "content": user},
+                                            {"role": "assistant", "content": bot})]
+        for turns in conversations
+    ]  # fmt: skip
+    expected = [chat.assistant_spans(template, messages, SPECIAL) for messages in batch]
+    assert chat.assistant_spans_batch(template, batch, SPECIAL) == expected
+
+
+def test_batch_rendering_keeps_per_conversation_variables_apart():
+    template = (
+        "{% if messages[0]['role'] == 'system' %}{% set sys = 'S' %}{% endif %}"
+        "[{{ sys | default('none') }}]{% for m in messages %}{{ m['content'] }};{% endfor %}"
+    )
+    batch = [
+        [{"role": "system", "content": "S"}, {"role": "assistant", "content": "a"}],
+        [{"role": "user", "content": "u"}, {"role": "assistant", "content": "b"}],
+    ]
+    assert chat.content_mode(template) == "raw"  # so the batch is rendered in one call
+    texts = [text for text, _ in chat.assistant_spans_batch(template, batch, SPECIAL)]
+    assert texts == ["[S]S;a;", "[none]u;b;"]

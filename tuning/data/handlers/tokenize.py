@@ -242,28 +242,33 @@ def chat_texts_and_spans(
     batch: dict[str, list[Any]], column: str, ctx: HandlerContext, *, method: str = "primary"
 ) -> tuple[list[str], list[list[Span]]]:
     """Render every conversation of a batch and find its assistant spans."""
-    from tuning.data.chat import assistant_spans, spans_by_prefix
+    from tuning.data.chat import assistant_spans, assistant_spans_batch, spans_by_prefix
 
     template = require_chat_template(ctx)
     find = assistant_spans if method == "primary" else spans_by_prefix
-    texts, spans = [], []
+    conversations, extras = [], []
     for row in rows_of(batch):
         if column not in row:
             raise DataError(
                 f"dataset '{ctx.dataset_name}': no conversation column '{column}'."
                 f"{did_you_mean(column, row)} Columns: {', '.join(row)}. Set conversation_column."
             )
-        messages = check_messages(row[column], ctx, column)
-        try:
-            text, row_spans = find(template, messages, ctx.special_tokens, template_extras(row))
-        except Exception as exc:  # jinja raises many types; the template or the row is at fault
-            raise DataError(
-                f"dataset '{ctx.dataset_name}': the chat template failed on a conversation: "
-                f"{type(exc).__name__}: {exc}. Check the template against the data."
-            ) from exc
-        texts.append(text)
-        spans.append(list(row_spans))
-    return texts, spans
+        conversations.append(check_messages(row[column], ctx, column))
+        extras.append(template_extras(row))
+    try:
+        if method == "primary" and not any(extras):
+            found = assistant_spans_batch(template, conversations, ctx.special_tokens)
+        else:
+            found = [
+                find(template, messages, ctx.special_tokens, extra)
+                for messages, extra in zip(conversations, extras, strict=True)
+            ]
+    except Exception as exc:  # jinja raises many types; the template or the row is at fault
+        raise DataError(
+            f"dataset '{ctx.dataset_name}': the chat template failed on a conversation: "
+            f"{type(exc).__name__}: {exc}. Check the template against the data."
+        ) from exc
+    return [text for text, _ in found], [list(spans) for _, spans in found]
 
 
 def chat_max_length(args: ChatMaskingArgs, ctx: HandlerContext) -> int | None:
