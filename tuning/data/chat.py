@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 from tuning.data.masking import Span
@@ -118,26 +119,32 @@ def _extend_by(text: str, end: int, suffix: str) -> int:
     return probe + len(suffix) if text.startswith(suffix, probe) else end
 
 
+_MARKER_PATTERN = re.compile("\ue000(\\d+)\ue001")
+
+
 def _rebuild(skeleton: str, contents: list[str], roles: list[Any]) -> tuple[str, list[Span]] | None:
-    """Put each content back in place of its marker; the assistant contents' spans come along."""
-    pieces: list[str] = []
+    """Put each content back in place of its marker; the assistant contents' spans come along.
+
+    None when a marker repeats, comes out of order, or an assistant's is missing: then the
+    contents cannot be placed with certainty. Other messages may be left out (e.g. a system
+    message the template drops).
+    """
+    parts = _MARKER_PATTERN.split(skeleton)
+    order = [int(index) for index in parts[1::2]]
+    if any(later <= earlier for earlier, later in pairwise(order)):
+        return None
+    placed = set(order)
+    if any(role == "assistant" and i not in placed for i, role in enumerate(roles)):
+        return None
+    pieces = [parts[0]]
     spans: list[Span] = []
-    cursor = length = 0
-    for index, (content, role) in enumerate(zip(contents, roles, strict=True)):
-        marker = _MARKER.format(index)
-        position = skeleton.find(marker, cursor)
-        if position < 0 or skeleton.count(marker) != 1:
-            if role == "assistant" or marker in skeleton:
-                return None  # an assistant turn not rendered once, in order: cannot place it
-            continue  # e.g. a system message the template leaves out
-        pieces.append(skeleton[cursor:position])
-        length += position - cursor
-        if role == "assistant":
+    length = len(parts[0])
+    for position, index in enumerate(order):
+        content, between = contents[index], parts[2 * position + 2]
+        if roles[index] == "assistant":
             spans.append((length, length + len(content)))
-        pieces.append(content)
-        length += len(content)
-        cursor = position + len(marker)
-    pieces.append(skeleton[cursor:])
+        pieces += (content, between)
+        length += len(content) + len(between)
     return "".join(pieces), spans
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 IGNORE_INDEX = -100
@@ -43,22 +44,32 @@ def require_fast_tokenizer(tokenizer: Any) -> None:
         )
 
 
-def trained_token_mask(offsets: Sequence[Sequence[int]], spans: Sequence[Span]) -> list[bool]:
-    """True for each token whose characters overlap a trained span (linear in tokens + spans)."""
-    mask = [False] * len(offsets)
-    starts = [start for start, _ in offsets]
+def _trained_indices(offsets: Sequence[Sequence[int]], spans: Sequence[Span]):
+    """Indices of tokens whose characters overlap a trained span.
+
+    Offsets are sorted, so each span is found by bisection: the cost is the trained tokens
+    plus a logarithm, not a pass over every token.
+    """
+    count = len(offsets)
     for span_start, span_end in spans:
         if span_end <= span_start:
             continue
         # First token that could overlap: the one starting at/after span_start, or the one before
         # it when that one straddles the span start.
-        index = max(bisect_left(starts, span_start) - 1, 0)
-        while index < len(offsets) and offsets[index][0] < span_end:
+        index = max(bisect_left(offsets, span_start, key=itemgetter(0)) - 1, 0)
+        while index < count and offsets[index][0] < span_end:
             start, end = offsets[index]
             if (end > span_start and start < span_end) or (start == end and start >= span_start):
-                mask[index] = True
+                yield index
             index += 1
-    return mask
+
+
+def span_labels(ids: Sequence[int], offsets: Sequence[Sequence[int]], spans: Sequence[Span]):
+    """Labels: the token id inside trained spans, IGNORE_INDEX elsewhere."""
+    labels = [IGNORE_INDEX] * len(ids)
+    for index in _trained_indices(offsets, spans):
+        labels[index] = ids[index]
+    return labels
 
 
 def fit_to_length(
@@ -118,8 +129,7 @@ def encode_with_spans(
     for ids, offsets, text_spans in zip(
         batch["input_ids"], batch["offset_mapping"], spans, strict=True
     ):
-        mask = trained_token_mask(offsets, text_spans)
-        labels = [tok if keep else IGNORE_INDEX for tok, keep in zip(ids, mask, strict=True)]
+        labels = span_labels(ids, offsets, text_spans)
         keep_first = bool(ids) and bos_id is not None and ids[0] == bos_id
         results.append(fit_to_length(list(ids), labels, max_length, keep_first))
     return results
