@@ -19,12 +19,13 @@ def save_final_model(trainer: Any, target: str) -> Path:
     target_path.parent.mkdir(parents=True, exist_ok=True)
     # Same name on every rank: save_model may gather weights across processes.
     stage = target_path.parent / f".{target_path.name}.staging"
-    if trainer.is_world_process_zero() and stage.exists():
+    main = trainer.is_world_process_zero()
+    if main and stage.exists():
         shutil.rmtree(stage)
-    trainer.save_model(str(stage))
-    if not trainer.is_world_process_zero():
-        return target_path
     try:
+        trainer.save_model(str(stage))
+        if not main:
+            return target_path
         if _holds_run_state(target_path):
             for item in stage.iterdir():
                 destination = target_path / item.name
@@ -41,7 +42,7 @@ def save_final_model(trainer: Any, target: str) -> Path:
             if previous is not None:
                 shutil.rmtree(previous, ignore_errors=True)
     finally:
-        if stage.exists():
+        if main and stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
     return target_path
 
