@@ -16,6 +16,27 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "demo_output"
 
 
+def sample_answer(model_dir: Path, question: str = "What is 13 + 14?") -> str:
+    """Greedy answer of the tuned model: it should use the trained format and stop at <|end|>."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    output = model.generate(
+        **inputs,
+        max_new_tokens=24,
+        do_sample=False,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|end|>"),
+    )
+    return tokenizer.decode(output[0][inputs["input_ids"].shape[1] :])
+
+
 def main() -> int:
     shutil.rmtree(OUT, ignore_errors=True)
     command = [
@@ -46,6 +67,7 @@ def main() -> int:
     ]
     print(f"\ntraining loss: first {losses[0]:.3f} -> last {losses[-1]:.3f} ({len(losses)} logs)")
     print(f"tuned model saved to: {OUT / 'model'}")
+    print(f"tuned model answers: {sample_answer(OUT / 'model')!r}")
     print(f"training logs: {OUT / 'training_logs.jsonl'}")
     return 0
 
