@@ -18,7 +18,7 @@ import os
 import traceback
 from collections.abc import Sequence
 
-from tuning.config.job import JobConfig, build_job_config
+from tuning.config.job import JobConfig, build_job_config, cross_checks
 from tuning.config.parse import collect_values
 from tuning.errors import (
     INTERNAL_ERROR_EXIT_CODE,
@@ -33,15 +33,18 @@ RESOLVED_CONFIG_NAME = "tuneforge_config.json"
 
 
 def load_job(argv: Sequence[str]) -> JobConfig:
-    """Flags and/or JSON job -> one validated JobConfig (no torch imported yet)."""
-    return build_job_config(collect_values(argv))
+    """Flags and/or JSON job -> a JobConfig whose values have the right types (no torch yet)."""
+    return build_job_config(collect_values(argv), check_combinations=False)
 
 
 def preflight(job: JobConfig) -> None:
-    """Check the data, paths and templates before any weights load; report every problem."""
+    """Check flag combinations, data, paths and templates before any weights load.
+
+    Every problem found is reported in one message.
+    """
     from tuning.data.preflight import preflight_data
 
-    problems = list(preflight_data(job.data))
+    problems = cross_checks(job) + list(preflight_data(job.data))
     for flag in ("model_name_or_path", "tokenizer_name_or_path"):
         value = getattr(job.model, flag)
         if value and _looks_local(value) and not Path(value).exists():

@@ -130,3 +130,22 @@ def test_rows_left_without_labels_are_counted_and_stop_the_run(
 
 def _b64(obj) -> str:
     return base64.b64encode(json.dumps(obj).encode()).decode()
+
+
+def test_help_lists_flags_and_exits_0(capsys):
+    from tuning import sft_trainer
+
+    assert sft_trainer.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--model_name_or_path" in out and "--data_config_path, --data_config" in out
+
+
+def test_flag_and_data_problems_are_reported_together(run_tuner, tmp_path, capsys):
+    code, _ = run_tuner(
+        "--training_data_path", str(tmp_path / "missing.jsonl"),
+        "--exp_metadata", "not json", "--fast_moe", "8",
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "3 problem(s)" in err
+    assert "--exp_metadata" in err and "--fast_moe" in err and "missing.jsonl" in err

@@ -70,7 +70,8 @@ def _section_problems(exc: ValidationError) -> list[str]:
     return problems
 
 
-def _cross_checks(job: JobConfig) -> list[str]:
+def cross_checks(job: JobConfig) -> list[str]:
+    """Flag combinations that cannot work together (the data layer checks its own flags)."""
     m, d, t, p, a, tr = job.model, job.data, job.training, job.peft, job.acceleration, job.tracking
     hf = job.hf_training
     problems: list[str] = []
@@ -118,8 +119,12 @@ def _cross_checks(job: JobConfig) -> list[str]:
     return problems
 
 
-def build_job_config(values: Mapping[str, Any]) -> JobConfig:
-    """Validate parsed values into a JobConfig, reporting every problem in one ConfigError."""
+def build_job_config(values: Mapping[str, Any], *, check_combinations: bool = True) -> JobConfig:
+    """Validate parsed values into a JobConfig, reporting every problem in one ConfigError.
+
+    With check_combinations=False only types and values are checked; the caller then reports
+    cross_checks(job) together with its own checks (the entry point adds data preflight).
+    """
     flags = all_flags()
     by_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     hf_training: dict[str, Any] = {}
@@ -151,8 +156,8 @@ def build_job_config(values: Mapping[str, Any]) -> JobConfig:
         explicitly_set=frozenset(values),
         notices=tuple(notices),
     )
-    if not problems:
-        problems = _cross_checks(job)
+    if not problems and check_combinations:
+        problems = cross_checks(job)
     if problems:
         raise ConfigError(
             f"The configuration has {len(problems)} problem(s): "
