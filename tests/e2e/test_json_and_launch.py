@@ -47,7 +47,10 @@ def _steps(out) -> list[int]:
 def test_json_config_path(run_tuner, tiny_model_dir, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "json-path"
     path = tmp_path / "job.json"
-    path.write_text(json.dumps({**_job(tiny_model_dir, data_dir, out), "hub_token": "hf_SECRET"}))
+    job = {**_job(tiny_model_dir, data_dir, out), "hub_token": "hf_SECRET"}
+    job.update(save_strategy="steps", save_steps=2, save_model_dir=str(out / "final"))
+    path.write_text(json.dumps(job))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("SFT_TRAINER_CONFIG_JSON_PATH", str(path))
     assert run_tuner(model=False, output_dir=out)[0] == 0
     assert _steps(out) == [1, 2]

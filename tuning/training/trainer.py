@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,11 @@ def sft_config(job: JobConfig, max_length: int) -> Any:
 
     kwargs: dict[str, Any] = _trl_default_overrides()
     kwargs.update(job.hf_training)
+    # Trainer pickles its arguments into every checkpoint (training_args.bin): hand the hub
+    # token to huggingface_hub through the environment instead, so it is never written to disk.
+    token = kwargs.pop("hub_token", None)
+    if token:
+        os.environ.setdefault("HF_TOKEN", token)
     if job.training.warmup_ratio is not None:
         kwargs["warmup_steps"] = job.training.warmup_ratio
     kwargs.update(
