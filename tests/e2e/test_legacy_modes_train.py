@@ -90,3 +90,15 @@ def test_validation_data_is_evaluated(run_tuner, fast_flags, data_dir):
     assert code == 0
     names = [r["name"] for r in _log_records(out)]
     assert names.count("validation_loss") == 1
+
+
+def test_enable_reduce_loss_sum_sums_over_tokens(run_tuner, fast_flags, data_dir, tmp_path):
+    flags = ["--training_data_path", str(data_dir / "input_output.jsonl"), *fast_flags]
+    _, mean_out = run_tuner(*flags, output_dir=tmp_path / "mean")
+    code, sum_out = run_tuner(*flags, "--enable_reduce_loss_sum", output_dir=tmp_path / "sum")
+    assert code == 0
+    mean_first = _log_records(mean_out)[0]["data"]["value"]
+    sum_first = _log_records(sum_out)[0]["data"]["value"]
+    # Same data, same weights at step 1: the sum is the mean times the trained tokens (> 10 here).
+    ratio = sum_first / mean_first
+    assert ratio > 10 and abs(ratio - round(ratio)) < 0.05
