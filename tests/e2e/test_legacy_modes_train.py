@@ -102,3 +102,20 @@ def test_enable_reduce_loss_sum_sums_over_tokens(run_tuner, fast_flags, data_dir
     # Same data, same weights at step 1: the sum is the mean times the trained tokens (> 10 here).
     ratio = sum_first / mean_first
     assert ratio > 10 and abs(ratio - round(ratio)) < 0.05
+
+
+def test_added_special_tokens_grow_the_embeddings(run_tuner, fast_flags, data_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    save = tmp_path / "model"
+    code, _ = run_tuner(
+        "--training_data_path", str(data_dir / "input_output.jsonl"), *fast_flags,
+        "--add_special_tokens", "<|tool|>", "<|think|>", "--embedding_size_multiple_of", "64",
+        "--save_model_dir", str(save),
+    )  # fmt: skip
+    assert code == 0
+    tokenizer = AutoTokenizer.from_pretrained(str(save))
+    think = tokenizer.convert_tokens_to_ids("<|think|>")
+    assert tokenizer("a<|think|>b", add_special_tokens=False)["input_ids"][1] == think
+    config = json.loads((save / "config.json").read_text())
+    assert config["vocab_size"] == 1024  # 1000 + 2 new tokens, rounded up to a multiple of 64

@@ -42,8 +42,8 @@ def load_tokenizer(job: JobConfig) -> Any:
         tokenizer.chat_template = job.data.chat_template
     if job.data.add_special_tokens:
         tokenizer.add_special_tokens(
-            {"additional_special_tokens": list(job.data.add_special_tokens)},
-            replace_additional_special_tokens=False,
+            {"extra_special_tokens": list(job.data.add_special_tokens)},
+            replace_extra_special_tokens=False,
         )
     if tokenizer.pad_token is None:
         fallback = tokenizer.unk_token or tokenizer.eos_token
