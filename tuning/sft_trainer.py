@@ -45,6 +45,10 @@ def preflight(job: JobConfig) -> None:
     from tuning.data.preflight import preflight_data
 
     problems = cross_checks(job) + list(preflight_data(job.data))
+    if job.acceleration.quantization_method == "mxfp4" and job.model.model_name_or_path:
+        from tuning.models.loading import mxfp4_problem
+
+        problems += [p for p in [mxfp4_problem(job.model.model_name_or_path)] if p]
     for flag in ("model_name_or_path", "tokenizer_name_or_path"):
         value = getattr(job.model, flag)
         if value and _looks_local(value) and not Path(value).exists():

@@ -42,6 +42,7 @@ def _bad_inputs(data_dir, tmp_path):
             "template",
         ),
         "exp-metadata": (["--training_data_path", io, "--exp_metadata", "not json"], "--exp_metadata"),
+        "mxfp4-on-plain-model": (["--training_data_path", io, "--quantization_method", "mxfp4"], "not stored in MXFP4"),
         "eval-without-data": (["--training_data_path", io, "--eval_strategy", "steps"], "--validation_data_path"),
     }  # fmt: skip
 
@@ -50,6 +51,7 @@ CASES = [
     "unknown-flag", "no-model", "no-data", "config-and-path", "missing-file", "bad-int",
     "bad-choice", "formatter-no-template", "missing-column", "malformed-json", "empty-file",
     "unbuilt-plugin", "missing-model", "jinja-syntax", "exp-metadata", "eval-without-data",
+    "mxfp4-on-plain-model",
 ]  # fmt: skip
 
 

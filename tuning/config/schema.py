@@ -298,6 +298,8 @@ LEGACY_TRAINING_FLAGS = {
     "logging_dir": None,
     "save_safetensors": None,
 }
+# Value kinds of the legacy flags (booleans may be given bare, as in transformers 4).
+_LEGACY_KINDS = {"overwrite_output_dir": "bool", "save_safetensors": "bool"}
 
 
 @dataclass(frozen=True)
@@ -375,7 +377,7 @@ def all_flags() -> dict[str, FlagSpec]:
             if target
             else "Accepted for fms compatibility; no effect."
         )
-        flags[name] = FlagSpec(name, "legacy", "str", None, note)
+        flags[name] = FlagSpec(name, "legacy", _LEGACY_KINDS.get(name, "str"), None, note)
     return flags
 
 

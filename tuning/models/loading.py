@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from tuning.config.job import JobConfig
@@ -100,6 +102,20 @@ def load_model(job: JobConfig, tokenizer: Any) -> Any:
         ) from exc
     _resize_embeddings(model, tokenizer, job.model.embedding_size_multiple_of)
     return model
+
+
+def mxfp4_problem(path: str) -> str | None:
+    """--quantization_method mxfp4 only makes sense for a checkpoint stored in MXFP4."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None  # a hub id: transformers checks it while loading
+    method = (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method")
+    if method == "mxfp4":
+        return None
+    return (
+        f"--quantization_method mxfp4: the checkpoint {path} is not stored in MXFP4 "
+        f"({config} has quant_method {method!r}). Drop the flag for an unquantized model."
+    )
 
 
 def _resize_embeddings(model: Any, tokenizer: Any, multiple_of: int) -> None:
