@@ -60,7 +60,9 @@ def effective_max_length(job: JobConfig, tokenizer: Any) -> int:
     """max_seq_length capped at the tokenizer's model_max_length, as fms does."""
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < _NO_LIMIT and limit < job.training.max_seq_length:
-        logger.warning(
+        # Only the user's own value deserves a warning; the fms default is capped quietly.
+        log = logger.warning if "max_seq_length" in job.explicitly_set else logger.info
+        log(
             "--max_seq_length %d exceeds the tokenizer's model_max_length %d; using %d.",
             job.training.max_seq_length,
             limit,
