@@ -45,7 +45,7 @@ def load_rows(copies: int) -> list[dict]:
 def run_ours(dataset, tokenizer):
     from tuning.data.config_schema import HandlerArguments
     from tuning.data.handlers.registry import apply_handler, bind_handler
-    from tuning.data.pipeline import _context
+    from tuning.data.pipeline import handler_context
 
     bound = bind_handler(
         "tokenize_and_apply_chat_template_with_masking",
@@ -54,7 +54,7 @@ def run_ours(dataset, tokenizer):
         ),
         "bench",
     )
-    ctx = _context(tokenizer, 4096, tokenizer.chat_template, "bench")
+    ctx = handler_context(tokenizer, 4096, tokenizer.chat_template, "bench")
     return apply_handler(dataset, bound, ctx)
 
 

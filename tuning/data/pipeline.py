@@ -135,7 +135,9 @@ def _bos_text(tokenizer: Any) -> str:
     return bos if with_specials[:1] == [bos_id] and without[:1] != [bos_id] else ""
 
 
-def _context(tokenizer: Any, max_seq_length: int, chat_template: str | None, name: str) -> Any:
+def handler_context(
+    tokenizer: Any, max_seq_length: int, chat_template: str | None, name: str
+) -> Any:
     from tuning.data.chat import special_tokens_of
 
     return HandlerContext(
@@ -393,7 +395,7 @@ def prepare_datasets(
         or data_args.chat_template
         or getattr(tokenizer, "chat_template", None)
     )
-    base_ctx = _context(tokenizer, max_seq_length, chat_template, "")
+    base_ctx = handler_context(tokenizer, max_seq_length, chat_template, "")
     with _main_process_first():
         parts = [
             _process_one(
