@@ -59,6 +59,12 @@ def finishing_chain(
     """
     columns = column_names(dataset)
     if "input_ids" in columns:
+        if data_args.response_template or data_args.instruction_template:
+            logger.warning(
+                "Dataset '%s' is already tokenized (input_ids after its handlers), so "
+                "--response_template/--instruction_template do not apply to it.",
+                spec.name,
+            )
         return []
     text_column = data_args.dataset_text_field
     if chain and (not text_column or text_column not in columns):

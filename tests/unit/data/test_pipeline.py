@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import string
 import textwrap
@@ -892,3 +893,24 @@ def test_fms_odm_config_is_refused(prepare, config_file, fms_data):
     )
     with pytest.raises(ConfigError, match="ODM"):
         prepare(data_config_path=path)
+
+
+def test_templates_flags_on_already_tokenized_data_are_reported(
+    prepare, tmp_path, config_file, caplog
+):
+    data = write_jsonl(tmp_path / "io.jsonl", arithmetic(4))
+    path = config_file(
+        f"""
+        datasets:
+          - name: io
+            data_paths: ["{data}"]
+            data_handlers:
+              - name: tokenize_and_apply_input_masking
+                arguments:
+                  fn_kwargs: {{input_column_name: input, output_column_name: output}}
+        """
+    )
+    with caplog.at_level(logging.WARNING):
+        prepared = prepare(data_config_path=path, response_template="### Answer:")
+    assert len(prepared.train) == 4
+    assert "--response_template/--instruction_template do not apply" in caplog.text
