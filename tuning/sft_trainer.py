@@ -118,7 +118,10 @@ def _configure_logging(job: JobConfig | None) -> None:
     logging.getLogger("tuning").setLevel(level)
 
 
-def _debug(argv: Sequence[str]) -> bool:
+def _debug(argv: Sequence[str], job: JobConfig | None) -> bool:
+    """Tracebacks for user errors only with --log_level debug (flag or JSON key)."""
+    if job is not None:
+        return job.hf_training.get("log_level") == "debug"
     text = " ".join(argv)
     return "--log_level debug" in text or "--log_level=debug" in text
 
@@ -149,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preflight(job)
         run(job)
     except UserError as exc:
-        return _fail(exc, exc.exit_code, _debug(argv))
+        return _fail(exc, exc.exit_code, _debug(argv, job))
     except TuneforgeError as exc:
         return _fail(exc, exc.exit_code, True)
     except KeyboardInterrupt:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -130,10 +129,6 @@ def test_rows_left_without_labels_are_counted_and_stop_the_run(
     assert "7 of 12" in err and "with no answer marker" in err
 
 
-def _b64(obj) -> str:
-    return base64.b64encode(json.dumps(obj).encode()).decode()
-
-
 def test_help_lists_flags_and_exits_0(capsys):
     from tuning import sft_trainer
 
@@ -151,3 +146,15 @@ def test_flag_and_data_problems_are_reported_together(run_tuner, tmp_path, capsy
     err = capsys.readouterr().err
     assert "3 problem(s)" in err
     assert "--exp_metadata" in err and "--fast_moe" in err and "missing.jsonl" in err
+
+
+def test_debug_log_level_from_a_json_job_shows_traceback(run_tuner, tmp_path, monkeypatch, capsys):
+    job = tmp_path / "job.json"
+    job.write_text(
+        json.dumps({"training_data_path": str(tmp_path / "nope.jsonl"), "log_level": "debug"})
+    )
+    monkeypatch.setenv("SFT_TRAINER_CONFIG_JSON_PATH", str(job))
+    code, _ = run_tuner()
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "nope.jsonl" in err

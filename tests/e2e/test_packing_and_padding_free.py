@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _tokens_per_step(out) -> list[int]:
+def _logged_steps(out) -> list[int]:
     lines = (out / "training_logs.jsonl").read_text().splitlines()
     return [json.loads(line)["data"]["step"] for line in lines]
 
@@ -26,7 +26,7 @@ def test_packed_and_padding_free_runs_train(run_tuner, fast_flags, data_dir, fla
         *fast_flags, *flags, "--save_model_dir", str(save),
     )  # fmt: skip
     assert code == 0
-    assert _tokens_per_step(out) == [1, 2, 3]
+    assert _logged_steps(out) == [1, 2, 3]
     assert (save / "model.safetensors").is_file()
     saved = json.loads((out / "tuneforge_config.json").read_text())
     assert saved["packing"] == (flags == ["--packing"])

@@ -20,7 +20,7 @@ def test_shipped_config_trains(config, run_tuner, fast_flags, tmp_path, monkeypa
         json.loads(x)["data"]["step"]
         for x in (out / "training_logs.jsonl").read_text().splitlines()
     ]
-    assert [s for s in steps] == [1, 2, 3]
+    assert steps == [1, 2, 3]
 
 
 def test_mixing_config_feeds_validation_split(run_tuner, fast_flags, data_dir):

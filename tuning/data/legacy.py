@@ -210,10 +210,10 @@ def first_rows(path: str, field: str, n: int = 5) -> list[dict[str, Any]]:
 
 
 def legacy_plan(data_args: DataArgs) -> LegacyPlan:
-    """Pick the mode from the training data's first rows; check the validation data agrees."""
-    problems = flag_problems(data_args)
-    if problems:
-        raise ConfigError(" ".join(problems))
+    """Pick the mode from the training data's first rows; check the validation data agrees.
+
+    The flags themselves were checked by flag_problems before (pipeline._data_config).
+    """
     train_path = data_args.training_data_path or ""
     mode = pick_mode(data_args, first_rows(train_path, "--training_data_path"), train_path)
     if data_args.validation_data_path:
@@ -228,8 +228,8 @@ def legacy_plan(data_args: DataArgs) -> LegacyPlan:
     return LegacyPlan(mode, handlers_for(mode, data_args))
 
 
-def legacy_data_config(data_args: DataArgs, seed: int = 42) -> tuple[DataConfig, str]:
-    """The in-memory data config equivalent to the flags, and the mode's name."""
+def legacy_data_config(data_args: DataArgs, seed: int = 42) -> DataConfig:
+    """The in-memory data config equivalent to the flags."""
     plan = legacy_plan(data_args)
     datasets = [
         DatasetSpec(
@@ -255,4 +255,4 @@ def legacy_data_config(data_args: DataArgs, seed: int = 42) -> tuple[DataConfig,
         datasets=datasets,
     )
     logger.info("No data config: processing the data as %s.", plan.mode)
-    return config, plan.mode
+    return config

@@ -73,14 +73,13 @@ class _Plan:
 
     config: DataConfig
     chains: list[list[BoundHandler]]
-    legacy_mode: str | None
 
 
 # ---------------------------------------------------------------------------------------------
 # planning: everything that can be checked before data is read
 
 
-def _data_config(data_args: DataArgs, seed: int) -> tuple[DataConfig, str | None]:
+def _data_config(data_args: DataArgs, seed: int) -> DataConfig:
     problems = flag_problems(data_args)
     if problems:
         raise ConfigError(" ".join(problems))
@@ -92,15 +91,17 @@ def _data_config(data_args: DataArgs, seed: int) -> tuple[DataConfig, str | None
             "online data mixing (ODM) is not built in tuneforge yet; use type: default with "
             "sampling ratios (datasets[].sampling) in the data config's dataprocessor section."
         )
-    if "seed" not in config.dataprocessor.model_fields_set:
-        config.dataprocessor.seed = seed
-    return config, None
+    if "seed" in config.dataprocessor.model_fields_set:
+        return config
+    # the run's --seed, unless the config names its own (a copy: the loaded config stays as is)
+    processor = config.dataprocessor.model_copy(update={"seed": seed})
+    return config.model_copy(update={"dataprocessor": processor})
 
 
 def plan_data(data_args: DataArgs, *, seed: int = 42) -> _Plan:
     """Load (or build) the data config and bind every handler; no data is read except, for a
     flag-only job, the first rows that decide its mode."""
-    config, mode = _data_config(data_args, seed)
+    config = _data_config(data_args, seed)
     for spec in config.datasets:
         split = spec.split
         if config.dataprocessor.streaming and split and (split.validation > 0 or split.train < 1):
@@ -117,7 +118,7 @@ def plan_data(data_args: DataArgs, *, seed: int = 42) -> _Plan:
                 for j, handler in enumerate(spec.data_handlers)
             ]
         )
-    return _Plan(config, chains, mode)
+    return _Plan(config, chains)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -121,10 +121,11 @@ def mxfp4_problem(path: str) -> str | None:
 
 
 def _resize_embeddings(model: Any, tokenizer: Any, multiple_of: int) -> None:
+    """Room for every token (added ones too), rounded up to a multiple of multiple_of."""
     rows = model.get_input_embeddings().weight.shape[0]
-    wanted = math.ceil(len(tokenizer) / multiple_of) * multiple_of
-    if len(tokenizer) > rows or (multiple_of > 1 and rows % multiple_of):
-        model.resize_token_embeddings(max(wanted, rows if rows % multiple_of == 0 else wanted))
+    wanted = math.ceil(max(len(tokenizer), rows) / multiple_of) * multiple_of
+    if wanted != rows:
+        model.resize_token_embeddings(wanted)
 
 
 def peft_config(job: JobConfig) -> Any | None:
