@@ -115,7 +115,32 @@ def encode_with_spans(
     spans: Sequence[Sequence[Span]],
     max_length: int | None,
 ) -> list[Encoded]:
-    """Tokenize a batch of rendered texts and label the tokens inside each text's spans."""
+    """Tokenize a batch of rendered texts and label the tokens inside each text's spans.
+
+    Byte-level BPE tokenizers take the shortcut in `byte_offsets` (same labels, no offset
+    tracking); any other tokenizer labels from its offset_mapping.
+    """
+    from tuning.data.byte_offsets import encode_and_label
+
+    shortcut = encode_and_label(
+        tokenizer, texts, spans, lambda rest, rest_spans: offset_labels(tokenizer, rest, rest_spans)
+    )
+    if shortcut is not None:
+        all_ids, all_labels = shortcut
+    else:
+        all_ids, all_labels = offset_labels(tokenizer, texts, spans)
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    results = []
+    for ids, labels in zip(all_ids, all_labels, strict=True):
+        keep_first = bool(ids) and bos_id is not None and ids[0] == bos_id
+        results.append(fit_to_length(list(ids), labels, max_length, keep_first))
+    return results
+
+
+def offset_labels(
+    tokenizer: Any, texts: Sequence[str], spans: Sequence[Sequence[Span]]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """input_ids and labels from the tokenizer's own offset_mapping (works for any fast one)."""
     batch = tokenizer(
         list(texts),
         add_special_tokens=False,
@@ -124,15 +149,13 @@ def encode_with_spans(
         truncation=False,
         verbose=False,
     )
-    bos_id = getattr(tokenizer, "bos_token_id", None)
-    results = []
-    for ids, offsets, text_spans in zip(
-        batch["input_ids"], batch["offset_mapping"], spans, strict=True
-    ):
-        labels = span_labels(ids, offsets, text_spans)
-        keep_first = bool(ids) and bos_id is not None and ids[0] == bos_id
-        results.append(fit_to_length(list(ids), labels, max_length, keep_first))
-    return results
+    labels = [
+        span_labels(ids, offsets, text_spans)
+        for ids, offsets, text_spans in zip(
+            batch["input_ids"], batch["offset_mapping"], spans, strict=True
+        )
+    ]
+    return batch["input_ids"], labels
 
 
 def completion_spans(

@@ -538,3 +538,29 @@ def test_a_taken_handler_name_is_refused():
         register_handler("tokenize", arguments=registry.HandlerArgs)(tokenize)
     with pytest.raises(ConfigError, match="'retain_columns' is already taken"):
         register_handler("retain_columns", arguments=registry.HandlerArgs)(tokenize)
+
+
+def test_builtin_handler_cache_key_covers_the_helpers_it_calls(tmp_path, monkeypatch):
+    from tuning.data.handlers import registry
+
+    (tmp_path / "pkg").mkdir()
+    helper = tmp_path / "pkg" / "masking.py"
+    helper.write_text("RULE = 1\n")
+    before = registry.source_digest(tmp_path)
+    helper.write_text("RULE = 2\n")
+    registry.source_digest.cache_clear()
+    assert registry.source_digest(tmp_path) != before
+
+    def user_handler(batch, args, ctx):
+        return batch
+
+    builtin = registry.resolve_handler("tokenize_and_apply_chat_template_with_masking").fn
+    library = {"digest": "as released"}
+    monkeypatch.setattr(registry, "source_digest", lambda folder: library["digest"])
+    registry._code_digest.cache_clear()
+    first, user_first = registry._code_digest(builtin), registry._code_digest(user_handler)
+    registry._code_digest.cache_clear()
+    library["digest"] = "a helper was edited"
+    assert registry._code_digest(builtin) != first  # stale prepared data is never served
+    assert registry._code_digest(user_handler) == user_first  # user code: its own source only
+    registry._code_digest.cache_clear()

@@ -19,6 +19,7 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError
@@ -372,13 +373,29 @@ def _call(
 @functools.lru_cache(maxsize=256)
 def _code_digest(fn: HandlerFn) -> str:
     """A digest of the handler's code: datasets hashes module functions by name only, so this
-    is what makes its cache notice an edited handler."""
+    is what makes its cache notice an edited handler.
+
+    A built-in handler's output also depends on the helpers it calls (masking, chat rendering),
+    so for those the digest covers every source file of `tuning.data`: upgrading tuneforge never
+    serves data prepared by an older version.
+    """
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):
         code = getattr(fn, "__code__", None)
         source = repr((code.co_code, code.co_consts)) if code else repr(fn)
+    if getattr(fn, "__module__", "").startswith("tuning."):
+        source += source_digest(Path(__file__).resolve().parents[1])
     return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def source_digest(folder: Path) -> str:
+    """sha256 over the Python files under `folder`, by relative path and content."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def apply_handler(

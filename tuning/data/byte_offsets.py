@@ -1,0 +1,268 @@
+"""Loss masks for byte-level BPE tokenizers without asking the tokenizer for offsets.
+
+For a byte-level BPE tokenizer (GPT-2, Llama 3, Qwen, Granite, our tiny model) every token stands
+for a fixed run of bytes of the text, and the tokens tile the text in order. A token's position is
+then the running sum of its neighbours' byte lengths, read from a table built once per tokenizer.
+That lets a batch be tokenized with `encode_batch_fast` (no offset tracking, about half the cost of
+asking for offsets through transformers) and labelled with a few numpy operations for the whole
+batch.
+
+The shortcut is taken only where it is provably the same as the offsets: the tokenizer adds no
+text (no normalizer that could change it, no prefix space), every token's bytes are known, and for
+every row the tokens' bytes add up to exactly the text's bytes. Anything else returns None and the
+caller uses the tokenizer's offsets. ByteLevel offset trimming (`trim_offsets`) is reproduced, so
+the labels equal those of the offsets path token for token; tests compare both on many texts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+IGNORE_INDEX = -100
+_UNKNOWN = -(10**9)  # a byte length no row can add up to: forces the offsets path
+# Normalizers that leave ASCII text unchanged: the shortcut is then used for ASCII batches only.
+_ASCII_IDENTITY_NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD"}
+_ASCII_WHITESPACE = " \t\n\r\x0b\x0c"  # what Rust's char::is_whitespace accepts below 128
+
+
+Labelled = tuple[list[list[int]], list[list[int]]]  # input_ids and labels per row
+
+
+@dataclass(frozen=True)
+class ByteTable:
+    """What the shortcut needs to know about one tokenizer."""
+
+    byte_length: np.ndarray  # per token id; _UNKNOWN where the bytes are not fixed
+    leading_spaces: np.ndarray  # trimmed from a token's start when trim_offsets is on
+    trailing_spaces: np.ndarray
+    trim_offsets: bool
+    keep_first_prefix_space: bool  # ByteLevel's add_prefix_space exception for the first token
+    ascii_only: bool  # the normalizer is the identity on ASCII text only
+
+
+_TABLES: weakref.WeakKeyDictionary[Any, ByteTable | None] = weakref.WeakKeyDictionary()
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte <-> printable character table (each vocab character is one byte)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
+
+
+def _components(node: dict | None) -> list[dict]:
+    if not node:
+        return []
+    if node.get("type") == "Sequence":
+        key = next(k for k in ("pretokenizers", "processors", "normalizers") if k in node)
+        return [part for child in node[key] for part in _components(child)]
+    return [node]
+
+
+def _build_table(tokenizer: Any) -> ByteTable | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "split_special_tokens", False):
+        return None
+    if not hasattr(backend, "encode_batch_fast"):
+        return None
+    if backend.truncation is not None or backend.padding is not None:
+        return None
+    spec = json.loads(backend.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        return None
+    pre = _components(spec.get("pre_tokenizer"))
+    byte_level = [p for p in pre if p.get("type") == "ByteLevel"]
+    # Split/Digits/Punctuation only cut the text; anything else (Metaspace, prefix spaces) adds.
+    allowed = {"ByteLevel", "Split", "Digits", "Punctuation", "WhitespaceSplit"}
+    if len(byte_level) != 1 or byte_level[0].get("add_prefix_space"):
+        return None
+    if any(p.get("type") not in allowed for p in pre):
+        return None
+    normalizers = [n.get("type") for n in _components(spec.get("normalizer"))]
+    if any(n not in _ASCII_IDENTITY_NORMALIZERS for n in normalizers):
+        return None
+    processors = _components(spec.get("post_processor"))
+    trim = next((p for p in processors if p.get("type") == "ByteLevel"), None)
+    trim_offsets = bool(trim and trim.get("trim_offsets"))
+
+    alphabet = _byte_level_alphabet()
+    size = backend.get_vocab_size(with_added_tokens=True)
+    byte_length = np.full(size, _UNKNOWN, dtype=np.int64)
+    leading = np.zeros(size, dtype=np.int64)
+    trailing = np.zeros(size, dtype=np.int64)
+    space = "Ġ"  # the byte-level character for b" "
+    for token, index in backend.get_vocab(with_added_tokens=False).items():
+        if index < size and all(char in alphabet for char in token):
+            byte_length[index] = len(token)
+            leading[index] = len(token) - len(token.lstrip(space))
+            trailing[index] = len(token) - len(token.rstrip(space))
+    for index, added in backend.get_added_tokens_decoder().items():
+        content = added.content
+        # Trimming counts whitespace characters; count only one-byte ones, refuse the others.
+        lead = len(content) - len(content.lstrip(_ASCII_WHITESPACE))
+        trail = len(content) - len(content.rstrip(_ASCII_WHITESPACE))
+        odd_edge = any(part[:1].isspace() for part in (content[lead:], content[::-1][trail:]))
+        usable = (
+            index < size
+            and not (added.lstrip or added.rstrip or added.single_word or odd_edge)
+            and (not added.normalized or not normalizers)
+        )
+        if usable:
+            byte_length[index] = len(content.encode("utf-8"))
+            leading[index], trailing[index] = lead, trail
+        elif index < size:
+            byte_length[index] = _UNKNOWN
+    unknown = model.get("unk_token")
+    if unknown is not None and backend.token_to_id(unknown) is not None:
+        # An <unk> the model emits stands for unknown bytes; poison it (a literal "<unk>" in the
+        # text then also takes the offsets path, which is merely slower).
+        byte_length[backend.token_to_id(unknown)] = _UNKNOWN
+    return ByteTable(
+        byte_length=byte_length,
+        leading_spaces=leading,
+        trailing_spaces=trailing,
+        trim_offsets=trim_offsets,
+        keep_first_prefix_space=bool(trim and trim.get("add_prefix_space")),
+        ascii_only=bool(normalizers),
+    )
+
+
+def byte_table(tokenizer: Any) -> ByteTable | None:
+    """The tokenizer's byte table, built once; None when the shortcut does not apply."""
+    try:
+        return _TABLES[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    table = _build_table(tokenizer)
+    with contextlib.suppress(TypeError):  # an object without weak references is not cached
+        _TABLES[tokenizer] = table
+    return table
+
+
+def _byte_position(text: str, char_index: int) -> int:
+    return char_index if text.isascii() else len(text[:char_index].encode("utf-8"))
+
+
+def encode_and_label(
+    tokenizer: Any,
+    texts: Sequence[str],
+    spans: Sequence[Sequence[tuple[int, int]]],
+    fallback: Callable[[list[str], list[Sequence[tuple[int, int]]]], Labelled],
+) -> Labelled | None:
+    """input_ids and labels of a batch (labels = ids inside spans); None when not applicable.
+
+    A token is trained when its (trimmed) byte range overlaps a span, or when it is empty and
+    starts inside one: the same rule as `masking.span_labels` on the tokenizer's offsets. Rows
+    the shortcut cannot prove (an <unk>, a stripping added token, non-ASCII text under a
+    normalizer) go to `fallback`, the offsets path, in one call.
+    """
+    table = byte_table(tokenizer)
+    if table is None or not texts:
+        return None
+    texts = list(texts)
+    eligible = [i for i, t in enumerate(texts) if t.isascii()] if table.ascii_only else None
+    chosen = texts if eligible is None else [texts[i] for i in eligible]
+    rows = [
+        e.ids
+        for e in tokenizer.backend_tokenizer.encode_batch_fast(chosen, add_special_tokens=False)
+    ]
+    proven = _label_proven_rows(
+        table, chosen, [spans[i] for i in eligible] if eligible is not None else spans, rows
+    )
+    positions = eligible if eligible is not None else range(len(texts))
+    all_ids: list[list[int] | None] = [None] * len(texts)
+    all_labels: list[list[int] | None] = [None] * len(texts)
+    for position, ids, labels in zip(positions, rows, proven, strict=True):
+        if labels is not None:
+            all_ids[position], all_labels[position] = ids, labels
+    rest = [i for i, labels in enumerate(all_labels) if labels is None]
+    if rest:
+        rest_ids, rest_labels = fallback([texts[i] for i in rest], [spans[i] for i in rest])
+        for position, ids, labels in zip(rest, rest_ids, rest_labels, strict=True):
+            all_ids[position], all_labels[position] = ids, labels
+    return all_ids, all_labels  # type: ignore[return-value]
+
+
+def _label_proven_rows(
+    table: ByteTable,
+    texts: list[str],
+    spans: Sequence[Sequence[tuple[int, int]]],
+    rows: list[list[int]],
+) -> list[list[int] | None]:
+    """Labels per row, computed for the whole batch at once; None for rows not proven exact."""
+    if not rows:
+        return []
+    counts = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+    ids = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(counts.sum()))
+    known = ids < len(table.byte_length)
+    lengths = np.where(known, table.byte_length[np.where(known, ids, 0)], _UNKNOWN)
+    text_bytes = np.fromiter(
+        (len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts),
+        dtype=np.int64,
+        count=len(texts),
+    )
+    row_first = np.concatenate(([0], np.cumsum(counts)))
+    running = np.concatenate(([0], np.cumsum(lengths)))
+    exact = running[row_first[1:]] - running[row_first[:-1]] == text_bytes
+    if not exact.all():
+        # Some token's bytes are not the text's (unknown, stripped, normalized): drop those rows.
+        keep = np.repeat(exact, counts)
+        ids, lengths, counts = ids[keep], lengths[keep], np.where(exact, counts, 0)
+        text_bytes = np.where(exact, text_bytes, 0)
+        row_first = np.concatenate(([0], np.cumsum(counts)))
+        running = np.concatenate(([0], np.cumsum(lengths)))
+    # Rows sit one byte apart in one position space, so no position is shared by two rows.
+    row_base = np.concatenate(([0], np.cumsum(text_bytes + 1)[:-1]))
+    token_row = np.repeat(np.arange(len(texts)), counts)
+    shift = (row_base - running[row_first[:-1]])[token_row]
+    starts = running[:-1] + shift
+    ends = running[1:] + shift
+    if table.trim_offsets:
+        leading = table.leading_spaces[ids]
+        if table.keep_first_prefix_space:
+            leading = np.where((starts == row_base[token_row]) & (leading == 1), 0, leading)
+        starts = np.minimum(starts + leading, ends)
+        ends = np.maximum(ends - table.trailing_spaces[ids], starts)
+
+    span_starts, span_ends = [], []
+    for text, base, good, text_spans in zip(
+        texts, row_base.tolist(), exact.tolist(), spans, strict=True
+    ):
+        if good:
+            for start, end in text_spans:
+                if end > start:
+                    span_starts.append(base + _byte_position(text, start))
+                    span_ends.append(base + _byte_position(text, end))
+    trained = np.zeros(len(ids) + 1, dtype=np.int64)
+    if span_starts:
+        # Tokens overlapping [s, e): end > s (empty tokens: start >= s) and start < e. Both keys
+        # are sorted, so each span is a slice found by binary search.
+        key = 2 * ends + (ends == starts)
+        first = np.searchsorted(key, 2 * np.asarray(span_starts), side="right")
+        stop = np.maximum(np.searchsorted(starts, np.asarray(span_ends), side="left"), first)
+        np.add.at(trained, first, 1)
+        np.add.at(trained, stop, -1)
+    labels = np.where(np.cumsum(trained[:-1]) > 0, ids, IGNORE_INDEX).tolist()
+    bounds = row_first.tolist()
+    return [
+        labels[bounds[i] : bounds[i + 1]] if good else None for i, good in enumerate(exact.tolist())
+    ]
