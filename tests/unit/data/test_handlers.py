@@ -564,3 +564,33 @@ def test_builtin_handler_cache_key_covers_the_helpers_it_calls(tmp_path, monkeyp
     assert registry._code_digest(builtin) != first  # stale prepared data is never served
     assert registry._code_digest(user_handler) == user_first  # user code: its own source only
     registry._code_digest.cache_clear()
+
+
+def test_arrow_output_has_the_same_columns_and_types_as_datasets_own_writing(tiny_tokenizer):
+    rows = [{"input": f"Add {i} and 1.", "output": str(i + 1)} for i in range(5)]
+    ctx = ctx_for(tiny_tokenizer)
+    fast = run("tokenize_and_apply_input_masking", rows, ctx, remove_columns="all")
+    kept = run("tokenize_and_apply_input_masking", rows, ctx)  # inputs stay: plain dict path
+    assert kept.column_names == ["input", "output", "input_ids", "labels", *registry.STAT_COLUMNS]
+    for name in ("input_ids", "labels", *registry.STAT_COLUMNS):
+        assert fast.features[name] == kept.features[name]
+        assert fast[name] == kept[name]
+    assert str(fast.features["input_ids"].feature.dtype) == "int32"
+    assert str(fast.features["labels"].feature.dtype) == "int64"
+
+
+def test_call_returns_arrow_only_when_the_output_replaces_every_kept_column(tiny_tokenizer):
+    import pyarrow as pa
+
+    def tokenized(batch, args, ctx):
+        return {"input_ids": [[1, 2]], "labels": [[-100, 2]]}
+
+    def other(batch, args, ctx):
+        return {"text": ["x"]}
+
+    ctx = ctx_for(tiny_tokenizer)
+    assert isinstance(registry._call({}, tokenized, None, ctx, _kept=()), pa.Table)
+    assert isinstance(registry._call({}, tokenized, None, ctx, _kept=("labels",)), pa.Table)
+    assert isinstance(registry._call({}, tokenized, None, ctx, _kept=("text",)), dict)
+    assert isinstance(registry._call({}, tokenized, None, ctx), dict)  # streaming: never
+    assert isinstance(registry._call({}, other, None, ctx, _kept=()), dict)

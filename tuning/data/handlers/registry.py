@@ -364,10 +364,50 @@ def column_names(dataset: Dataset | IterableDataset) -> list[str]:
     return []
 
 
+# Columns whose Arrow type is known: a batch made only of these (and replacing every input
+# column) is handed to datasets as an Arrow table, skipping its per-value type inference. The
+# types are the ones datasets infers (it stores input_ids as int32).
+ARROW_TYPES = {
+    "input_ids": ("list", "int32"),
+    "labels": ("list", "int64"),
+    TRIMMED_PROMPT: ("value", "int64"),
+    TRIMMED_RESPONSE: ("value", "int64"),
+}
+
+
+def _as_arrow(output: Mapping[str, list]) -> Any:
+    import pyarrow as pa
+
+    columns = {}
+    for name, values in output.items():
+        shape, dtype = ARROW_TYPES[name]
+        value_type = pa.int32() if dtype == "int32" else pa.int64()
+        columns[name] = pa.array(
+            values, type=pa.list_(value_type) if shape == "list" else value_type
+        )
+    return pa.table(columns)
+
+
 def _call(
-    batch: Any, _handler: HandlerFn, _args: BaseModel, _ctx: HandlerContext, _code: str = ""
+    batch: Any,
+    _handler: HandlerFn,
+    _args: BaseModel,
+    _ctx: HandlerContext,
+    _code: str = "",
+    _kept: tuple[str, ...] | None = None,
 ) -> Any:
-    return _handler(batch, _args, _ctx)
+    output = _handler(batch, _args, _ctx)
+    # `_kept` (map on a Dataset only): input columns that stay. An Arrow table replaces the whole
+    # row, so it is used only when the output also rewrites those.
+    if (
+        _kept is not None
+        and isinstance(output, dict)
+        and output
+        and ARROW_TYPES.keys() >= output.keys()
+        and output.keys() >= set(_kept)
+    ):
+        return _as_arrow(output)
+    return output
 
 
 @functools.lru_cache(maxsize=256)
@@ -437,6 +477,8 @@ def apply_handler(
                 f"column {', '.join(repr(c) for c in missing)} at this step (columns: "
                 f"{', '.join(present)}). Fix the names."
             )
+    if not streaming and info.batched_support:
+        options["fn_kwargs"]["_kept"] = tuple(c for c in present if c not in (remove or ()))
     return dataset.map(_call, remove_columns=remove or None, **options)
 
 
