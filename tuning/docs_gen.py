@@ -224,6 +224,11 @@ def render_data_config_markdown() -> str:
         "Relative paths resolve against the config file's folder. Unknown keys are errors. "
         "Handlers are listed in [handlers.md](handlers.md).",
         "",
+        "Older fms-hf-tuning shapes still run, each with a one-line notice: a top-level "
+        "`chat_template` is used as `dataprocessor.chat_template`, and a dataset's "
+        "`rename_columns` / `retain_columns` run as the rename_columns / select_columns handlers "
+        "before its `data_handlers`.",
+        "",
         dump_schema_markdown().rstrip("\n"),
         "",
         "## Worked examples (the shipped configs in `data_configs/`)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 import types
 import typing
@@ -32,6 +33,10 @@ from tuning.errors import ConfigError, did_you_mean
 SUM_TOLERANCE = 1e-6
 
 Loc = tuple[str | int, ...]
+
+
+TEMPLATE_KEYS = ("chat_template", "chat_template_path", "chat_template_base64")
+logger = logging.getLogger(__name__)
 
 
 class ConfigProblems(ValueError):
@@ -136,6 +141,16 @@ class DatasetSpec(_Strict):
     data_handlers: list[HandlerSpec] = Field(
         default_factory=list, description="Handlers applied in order."
     )
+    rename_columns: dict[str, str] | None = Field(
+        None,
+        description="Older fms shape, kept so old configs run: {old: new} column renames done "
+        "before data_handlers. Prefer a rename_columns handler.",
+    )
+    retain_columns: list[str] | None = Field(
+        None,
+        description="Older fms shape, kept so old configs run: the columns to keep, after "
+        "rename_columns and before data_handlers. Prefer a select_columns handler.",
+    )
 
     @field_validator("data_paths", mode="before")
     @classmethod
@@ -212,11 +227,7 @@ class DataProcessorSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_template(self) -> DataProcessorSpec:
-        given = [
-            key
-            for key in ("chat_template", "chat_template_path", "chat_template_base64")
-            if getattr(self, key) is not None
-        ]
+        given = [key for key in TEMPLATE_KEYS if getattr(self, key) is not None]
         if len(given) > 1:
             raise ConfigProblems(
                 [
@@ -469,6 +480,51 @@ def _read(path: Path) -> Any:
         ) from exc
 
 
+def _move_top_level_chat_template(raw: dict[str, Any]) -> list[str]:
+    """Older fms configs put `chat_template` at the top level; it belongs to `dataprocessor`."""
+    if "chat_template" not in raw:
+        return []
+    template = raw.pop("chat_template")
+    processor = raw.setdefault("dataprocessor", {})
+    if not isinstance(processor, dict):
+        return []  # the schema reports the bad dataprocessor
+    given = [key for key in TEMPLATE_KEYS if processor.get(key) is not None]
+    if given:
+        return [
+            f"`chat_template` at the top level and `dataprocessor.{given[0]}` both set a chat "
+            "template. Keep one: the top-level key is the older shape of "
+            "dataprocessor.chat_template."
+        ]
+    _notice_once(
+        "Data config: top-level `chat_template` is the older fms-hf-tuning shape; it is used as "
+        "dataprocessor.chat_template. Move it there."
+    )
+    processor["chat_template"] = template
+    return []
+
+
+def _notice_older_shapes(config: DataConfig) -> None:
+    for i, spec in enumerate(config.datasets):
+        for key in ("rename_columns", "retain_columns"):
+            if getattr(spec, key) is not None:
+                handler = "rename_columns" if key == "rename_columns" else "select_columns"
+                _notice_once(
+                    f"Data config: `datasets[{i}].{key}` ({spec.name}) is the older "
+                    f"fms-hf-tuning shape; it runs as a {handler} handler before the "
+                    "data_handlers. Move it into data_handlers."
+                )
+
+
+_NOTICED: set[str] = set()
+
+
+def _notice_once(message: str) -> None:
+    """The config is read more than once per run (preflight, then preparation): say it once."""
+    if message not in _NOTICED:
+        _NOTICED.add(message)
+        logger.warning(message)
+
+
 def load_data_config(path: str | Path) -> DataConfig:
     """Read, resolve and validate a data config, raising one ConfigError with every problem."""
     config_path = Path(os.path.abspath(Path(path).expanduser()))
@@ -484,7 +540,7 @@ def load_data_config(path: str | Path) -> DataConfig:
             f"level, but it is a {type(raw).__name__}."
         )
     _resolve_paths_in(raw, config_path.parent)
-    problems = []
+    problems = _move_top_level_chat_template(raw)
     if "source_path" in raw:  # a model field, but only the loader may set it
         raw.pop("source_path")
         problems.append("`source_path`: unknown key; it is set by tuneforge. Remove it.")
@@ -495,6 +551,7 @@ def load_data_config(path: str | Path) -> DataConfig:
     if problems:
         raise _config_error(config_path, problems)
     config.source_path = config_path
+    _notice_older_shapes(config)
     return config
 
 

@@ -32,7 +32,7 @@ from tuning.data.handlers.registry import (
     BoundHandler,
     HandlerContext,
     apply_chain,
-    bind_handler,
+    bind_dataset_chain,
     column_names,
 )
 from tuning.data.legacy import flag_problems, legacy_data_config
@@ -112,12 +112,10 @@ def plan_data(data_args: DataArgs, *, seed: int = 42) -> _Plan:
             )
     chains = []
     for i, spec in enumerate(config.datasets):
-        chains.append(
-            [
-                bind_handler(handler.name, handler.arguments, f"datasets[{i}].data_handlers[{j}]")
-                for j, handler in enumerate(spec.data_handlers)
-            ]
-        )
+        chain, problems = bind_dataset_chain(i, spec)
+        if chain is None:
+            raise ConfigError(problems[0] if len(problems) == 1 else " ".join(problems))
+        chains.append(chain)
     return _Plan(config, chains)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from tuning.config.schema import DataArgs
 from tuning.data.config_schema import DataConfig, DatasetSpec, load_data_config
-from tuning.data.handlers.registry import BoundHandler, bind_handler
+from tuning.data.handlers.registry import BoundHandler, bind_dataset_chain
 from tuning.data.legacy import (
     CHAT,
     CHAT_TEXT,
@@ -128,10 +128,10 @@ def _chain_problems(chain: list[BoundHandler], rows: list[dict[str, Any]], where
     problems: list[str] = []
     columns: list[str] | None = list(rows[0]) if rows else None
     raw = set(columns or [])
-    for j, bound in enumerate(chain):
+    for bound in chain:
         if columns is None:
             break
-        step = f"`{where}.data_handlers[{j}]` ({bound.info.name})"
+        step = f"`{bound.where}` ({bound.info.name})"
         reads = bound.args.reads() if hasattr(bound.args, "reads") else []
         for column in reads:
             if column not in columns:
@@ -207,18 +207,8 @@ def _data_config_problems(data_args: DataArgs) -> list[str]:
             problem = chat_template_problem(template, "`dataprocessor` chat template")
             problems += [problem] if problem else []
     for i, spec in enumerate(config.datasets):
-        chain: list[BoundHandler] | None = []
-        for j, handler in enumerate(spec.data_handlers):
-            try:
-                bound = bind_handler(
-                    handler.name, handler.arguments, f"datasets[{i}].data_handlers[{j}]"
-                )
-            except UserError as exc:
-                problems.append(str(exc))
-                chain = None
-                continue
-            if chain is not None:
-                chain.append(bound)
+        chain, chain_problems = bind_dataset_chain(i, spec)
+        problems += chain_problems
         problems += _dataset_problems(i, spec, config, chain)
     return problems
 

@@ -249,6 +249,61 @@ def test_two_chat_templates_are_refused(tmp_path: Path) -> None:
     assert "chat_template and chat_template_base64 are both set; keep one" in config_error(path)
 
 
+def test_top_level_chat_template_is_the_older_shape_of_dataprocessor_chat_template(
+    tmp_path: Path, caplog
+) -> None:
+    path = write(
+        tmp_path,
+        """\
+        chat_template: "{{ messages }}"
+        dataprocessor:
+          type: default
+        datasets:
+          - name: chat
+            data_paths: [chat.jsonl]
+        """,
+    )
+    assert load_data_config(path).resolved_chat_template() == "{{ messages }}"
+    both = write(
+        tmp_path,
+        """\
+        chat_template: "{{ messages }}"
+        dataprocessor:
+          chat_template_path: t.jinja
+        datasets:
+          - name: chat
+            data_paths: [chat.jsonl]
+        """,
+        "both.yaml",
+    )
+    assert "`chat_template` at the top level and `dataprocessor.chat_template_path` both" in (
+        config_error(both)
+    )
+
+
+def test_dataset_level_rename_and_retain_run_first_with_their_own_key_paths(tmp_path) -> None:
+    from tuning.data.handlers.registry import bind_dataset_chain
+
+    spec = DatasetSpec(
+        name="d",
+        data_paths=["x.jsonl"],
+        rename_columns={"input": "instruction"},
+        retain_columns=["instruction", "output"],
+        data_handlers=[
+            {"name": "remove_columns", "arguments": {"fn_kwargs": {"column_names": "output"}}}
+        ],
+    )
+    chain, problems = bind_dataset_chain(2, spec)
+    assert problems == []
+    assert [(b.info.name, b.where) for b in chain] == [
+        ("rename_columns", "datasets[2].rename_columns"),
+        ("select_columns", "datasets[2].retain_columns"),
+        ("remove_columns", "datasets[2].data_handlers[0]"),
+    ]
+    assert chain[0].args.column_mapping == {"input": "instruction"}
+    assert chain[1].args.column_names == ["instruction", "output"]
+
+
 def test_dataset_split_name_remove_columns_and_num_proc(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -749,6 +749,57 @@ datasets:
 """,
         {},
     ),
+    # --- older shapes fms shipped earlier (handler aliases, top-level chat_template,
+    # dataset-level rename/retain); they run too
+    "apply_custom_template_older_spelling": (
+        "dataprocessor:\n  type: default\ndatasets:\n  - name: d\n    data_paths: ['$io']\n"
+        "    data_handlers:\n      - name: apply_custom_data_formatting_template\n"
+        "        arguments:\n          remove_columns: all\n          batched: false\n"
+        "          fn_kwargs:\n            dataset_text_field: formatted_text\n"
+        '            template: "### Input: {{input}} \\n\\n### Response: {{output}}"\n',
+        JINJA_FLAGS,
+    ),
+    "apply_custom_jinja_template_streaming": (
+        "dataprocessor:\n  type: default\n  streaming: true\ndatasets:\n  - name: d\n"
+        "    data_paths: ['$io']\n    data_handlers:\n      - name: apply_custom_jinja_template\n"
+        "        arguments:\n          remove_columns: all\n          batched: false\n"
+        "          fn_kwargs:\n            formatted_text_column_name: formatted_text\n"
+        '            template: "### Input: {{input}} \\n\\n### Response: {{output}}"\n',
+        JINJA_FLAGS,
+    ),
+    "skip_large_text_older_names": (
+        "dataprocessor:\n  type: default\ndatasets:\n  - name: d\n    data_paths: ['$text']\n"
+        "    data_handlers:\n      - name: tokenize\n        arguments:\n"
+        "          remove_columns: all\n          batched: true\n          fn_kwargs:\n"
+        "            dataset_text_field: output\n      - name: duplicate_columns\n"
+        "        arguments:\n          batched: true\n          fn_kwargs:\n"
+        "            old_column: input_ids\n            new_column: labels\n"
+        "      - name: skip_large_text\n        arguments:\n          fn_kwargs:\n"
+        "            column_name: input_ids\n            max_length: 50\n",
+        {},
+    ),
+    "multiple_datasets_with_sampling_and_a_top_level_template": (
+        "chat_template: |\n"
+        + textwrap.indent(FMS_TEST_TEMPLATE, "  ")
+        + "dataprocessor:\n  type: default\n  sampling_stopping_strategy: first_exhausted\n"
+        "  seed: 66\ndatasets:\n"
+        + "".join(
+            f"  - name: dataset_{i}\n    sampling: {share}\n    data_paths: ['$io']\n"
+            + INPUT_MASKING
+            for i, share in ((1, 0.3), (2, 0.4), (3, 0.3))
+        ),
+        {},
+    ),
+    "rename_retain_columns_at_dataset_level": (
+        "dataprocessor:\n  type: default\ndatasets:\n  - name: d\n"
+        "    rename_columns:\n      input: instruction\n      output: response\n"
+        "    retain_columns: [instruction, response]\n    data_paths: ['$io']\n"
+        "    data_handlers:\n      - name: tokenize_and_apply_input_masking\n"
+        "        arguments:\n          remove_columns: all\n          batched: false\n"
+        "          fn_kwargs:\n            input_field_name: instruction\n"
+        "            output_field_name: response\n",
+        {},
+    ),
     "multi_turn_data_with_chat_template": (
         "dataprocessor:\n  type: default\n  chat_template: |\n"
         + textwrap.indent(FMS_TEST_TEMPLATE, "    ")

@@ -331,3 +331,25 @@ def test_odm_streaming_split_and_bad_base64(tmp_path, io):
         """,
     )
     assert problems(data_config_path=good) == []
+
+
+def test_dataset_level_rename_problem_names_its_own_key_path(tmp_path, io):
+    data_config = config(
+        tmp_path,
+        f"""\
+        datasets:
+          - name: old_shape
+            rename_columns: {{inptu: instruction, output: response}}
+            data_paths: ['{io}']
+            data_handlers:
+              - name: tokenize_and_apply_input_masking
+                arguments:
+                  fn_kwargs: {{input_column_name: instruction, output_column_name: response}}
+        """,
+    )
+    found = problems(data_config_path=data_config)
+    assert found[0].startswith(
+        "`datasets[0].rename_columns` (rename_columns) reads column 'inptu', which the data "
+        "does not have at that step. Did you mean 'input'?"
+    )
+    assert any(p.startswith("`datasets[0].data_handlers[0]`") for p in found[1:])

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError
 
-from tuning.errors import ConfigError, DataError, did_you_mean
+from tuning.errors import ConfigError, DataError, UserError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
 
-    from tuning.data.config_schema import HandlerArguments, HandlerSpec
+    from tuning.data.config_schema import DatasetSpec, HandlerArguments, HandlerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -352,6 +352,45 @@ def bind_handler(name: str, arguments: HandlerArguments, where: str) -> BoundHan
 
 # ---------------------------------------------------------------------------------------------
 # applying a handler to a datasets Dataset / IterableDataset
+
+
+def bind_dataset_chain(
+    index: int, spec: DatasetSpec
+) -> tuple[list[BoundHandler] | None, list[str]]:
+    """Bind one dataset's steps in order, collecting every problem (chain None if any).
+
+    The older dataset-level `rename_columns` / `retain_columns` keys run first, as the
+    rename_columns and select_columns handlers, with their own key paths in messages.
+    """
+    from tuning.data.config_schema import HandlerArguments, HandlerSpec
+
+    where = f"datasets[{index}]"
+    steps: list[tuple[HandlerSpec, str]] = []
+    if spec.rename_columns is not None:
+        fn_kwargs = {"column_mapping": spec.rename_columns}
+        steps.append(
+            (
+                HandlerSpec(name="rename_columns", arguments=HandlerArguments(fn_kwargs=fn_kwargs)),
+                f"{where}.rename_columns",
+            )
+        )
+    if spec.retain_columns is not None:
+        fn_kwargs = {"column_names": spec.retain_columns}
+        steps.append(
+            (
+                HandlerSpec(name="select_columns", arguments=HandlerArguments(fn_kwargs=fn_kwargs)),
+                f"{where}.retain_columns",
+            )
+        )
+    steps += [(h, f"{where}.data_handlers[{j}]") for j, h in enumerate(spec.data_handlers)]
+    chain: list[BoundHandler] = []
+    problems: list[str] = []
+    for handler, step_where in steps:
+        try:
+            chain.append(bind_handler(handler.name, handler.arguments, step_where))
+        except UserError as exc:
+            problems.append(str(exc))
+    return (None if problems else chain), problems
 
 
 def column_names(dataset: Dataset | IterableDataset) -> list[str]:
