@@ -34,6 +34,8 @@ _ASCII_WHITESPACE = " \t\n\r\x0b\x0c"  # what Rust's char::is_whitespace accepts
 
 
 Labelled = tuple[list[list[int]], list[list[int]]]  # input_ids and labels per row
+# input_ids and labels of all rows one after another, and where each row starts (plus the end)
+FlatLabelled = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,11 @@ def byte_table(tokenizer: Any) -> ByteTable | None:
     return table
 
 
-def _byte_position(text: str, char_index: int) -> int:
-    return char_index if text.isascii() else len(text[:char_index].encode("utf-8"))
+def _byte_positions(text: str) -> np.ndarray:
+    """UTF-8 byte position of every character index of `text` (and of its end)."""
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    widths = 1 + (points >= 0x80) + (points >= 0x800) + (points >= 0x10000)
+    return np.concatenate(([0], np.cumsum(widths)))
 
 
 def encode_and_label(
@@ -167,8 +172,8 @@ def encode_and_label(
     texts: Sequence[str],
     spans: Sequence[Sequence[tuple[int, int]]],
     fallback: Callable[[list[str], list[Sequence[tuple[int, int]]]], Labelled],
-) -> Labelled | None:
-    """input_ids and labels of a batch (labels = ids inside spans); None when not applicable.
+) -> FlatLabelled | None:
+    """input_ids and labels of a batch, flat (labels = ids inside spans); None if not applicable.
 
     A token is trained when its (trimmed) byte range overlaps a span, or when it is empty and
     starts inside one: the same rule as `masking.span_labels` on the tokenizer's offsets. Rows
@@ -181,25 +186,36 @@ def encode_and_label(
     texts = list(texts)
     eligible = [i for i, t in enumerate(texts) if t.isascii()] if table.ascii_only else None
     chosen = texts if eligible is None else [texts[i] for i in eligible]
-    rows = [
-        e.ids
-        for e in tokenizer.backend_tokenizer.encode_batch_fast(chosen, add_special_tokens=False)
-    ]
-    proven = _label_proven_rows(
-        table, chosen, [spans[i] for i in eligible] if eligible is not None else spans, rows
+    chosen_spans = spans if eligible is None else [spans[i] for i in eligible]
+    encodings = tokenizer.backend_tokenizer.encode_batch_fast(chosen, add_special_tokens=False)
+    ids, labels, offsets, exact = _label_proven_rows(
+        table, chosen, chosen_spans, [e.ids for e in encodings]
     )
+    if len(chosen) == len(texts) and exact.all():
+        return ids, labels, offsets
+    # Some rows need the offsets path: put every row's arrays back in the batch's order.
+    id_parts: list[Any] = [None] * len(texts)
+    label_parts: list[Any] = [None] * len(texts)
     positions = eligible if eligible is not None else range(len(texts))
-    all_ids: list[list[int] | None] = [None] * len(texts)
-    all_labels: list[list[int] | None] = [None] * len(texts)
-    for position, ids, labels in zip(positions, rows, proven, strict=True):
-        if labels is not None:
-            all_ids[position], all_labels[position] = ids, labels
-    rest = [i for i, labels in enumerate(all_labels) if labels is None]
-    if rest:
-        rest_ids, rest_labels = fallback([texts[i] for i in rest], [spans[i] for i in rest])
-        for position, ids, labels in zip(rest, rest_ids, rest_labels, strict=True):
-            all_ids[position], all_labels[position] = ids, labels
-    return all_ids, all_labels  # type: ignore[return-value]
+    for row, (position, good) in enumerate(zip(positions, exact.tolist(), strict=True)):
+        if good:
+            start, stop = offsets[row], offsets[row + 1]
+            id_parts[position], label_parts[position] = ids[start:stop], labels[start:stop]
+    rest = [i for i, part in enumerate(id_parts) if part is None]
+    rest_ids, rest_labels = fallback([texts[i] for i in rest], [spans[i] for i in rest])
+    # (rest is never empty here: some row was not eligible or not proven)
+    for position, row_ids, row_labels in zip(rest, rest_ids, rest_labels, strict=True):
+        id_parts[position] = np.asarray(row_ids, dtype=np.int64)
+        label_parts[position] = np.asarray(row_labels, dtype=np.int64)
+    return _joined(id_parts), _joined(label_parts), _row_offsets(id_parts)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _row_offsets(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum([len(part) for part in parts], dtype=np.int64)))
 
 
 def _label_proven_rows(
@@ -207,10 +223,12 @@ def _label_proven_rows(
     texts: list[str],
     spans: Sequence[Sequence[tuple[int, int]]],
     rows: list[list[int]],
-) -> list[list[int] | None]:
-    """Labels per row, computed for the whole batch at once; None for rows not proven exact."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """ids, labels and row offsets of the rows proven exact, computed for the whole batch at
+    once, and which rows those are (the others are left out of the arrays)."""
     if not rows:
-        return []
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(1, dtype=np.int64), np.zeros(0, dtype=bool)
     counts = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
     ids = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(counts.sum()))
     known = ids < len(table.byte_length)
@@ -247,11 +265,19 @@ def _label_proven_rows(
     for text, base, good, text_spans in zip(
         texts, row_base.tolist(), exact.tolist(), spans, strict=True
     ):
-        if good:
+        if not good or not text_spans:
+            continue
+        if text.isascii():
             for start, end in text_spans:
                 if end > start:
-                    span_starts.append(base + _byte_position(text, start))
-                    span_ends.append(base + _byte_position(text, end))
+                    span_starts.append(base + start)
+                    span_ends.append(base + end)
+            continue
+        byte_at = _byte_positions(text)
+        for start, end in text_spans:
+            if end > start:
+                span_starts.append(base + int(byte_at[start]))
+                span_ends.append(base + int(byte_at[end]))
     trained = np.zeros(len(ids) + 1, dtype=np.int64)
     if span_starts:
         # Tokens overlapping [s, e): end > s (empty tokens: start >= s) and start < e. Both keys
@@ -261,8 +287,5 @@ def _label_proven_rows(
         stop = np.maximum(np.searchsorted(starts, np.asarray(span_ends), side="left"), first)
         np.add.at(trained, first, 1)
         np.add.at(trained, stop, -1)
-    labels = np.where(np.cumsum(trained[:-1]) > 0, ids, IGNORE_INDEX).tolist()
-    bounds = row_first.tolist()
-    return [
-        labels[bounds[i] : bounds[i + 1]] if good else None for i, good in enumerate(exact.tolist())
-    ]
+    labels = np.where(np.cumsum(trained[:-1]) > 0, ids, IGNORE_INDEX)
+    return ids, labels, row_first, exact

@@ -11,8 +11,11 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, pairwise
 from operator import itemgetter
 from typing import Any
+
+import numpy as np
 
 IGNORE_INDEX = -100
 Span = tuple[int, int]
@@ -109,32 +112,126 @@ def _last_span_start(labels: list[int]) -> int:
     return index
 
 
+@dataclass(frozen=True)
+class EncodedBatch:
+    """A tokenized batch as flat arrays: row i is ids[offsets[i]:offsets[i + 1]].
+
+    Flat arrays go to Arrow without a Python list per row; `rows()` and `columns()` give the
+    per-row view where one is wanted.
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray
+    trimmed_prompt: np.ndarray
+    trimmed_response: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def _split(self, flat: np.ndarray) -> list[list[int]]:
+        values, bounds = flat.tolist(), self.offsets.tolist()
+        return [values[bounds[i] : bounds[i + 1]] for i in range(len(self))]
+
+    def rows(self) -> list[Encoded]:
+        return [
+            Encoded(ids, labels, prompt, response)
+            for ids, labels, prompt, response in zip(
+                self._split(self.ids),
+                self._split(self.labels),
+                self.trimmed_prompt.tolist(),
+                self.trimmed_response.tolist(),
+                strict=True,
+            )
+        ]
+
+    def columns(self) -> dict[str, list[Any]]:
+        """input_ids, labels and the trimmed counts as Python lists (one entry per row)."""
+        return {
+            "input_ids": self._split(self.ids),
+            "labels": self._split(self.labels),
+            "trimmed_prompt": self.trimmed_prompt.tolist(),
+            "trimmed_response": self.trimmed_response.tolist(),
+        }
+
+    def arrow_columns(self) -> dict[str, Any]:
+        """The same columns as pyarrow arrays, with the types datasets would give them."""
+        import pyarrow as pa
+
+        offsets = pa.array(self.offsets.astype(np.int32))
+        return {
+            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(self.ids.astype(np.int32))),
+            "labels": pa.ListArray.from_arrays(offsets, pa.array(self.labels)),
+            "trimmed_prompt": pa.array(self.trimmed_prompt),
+            "trimmed_response": pa.array(self.trimmed_response),
+        }
+
+
 def encode_with_spans(
     tokenizer: Any,
     texts: Sequence[str],
     spans: Sequence[Sequence[Span]],
     max_length: int | None,
-) -> list[Encoded]:
+) -> EncodedBatch:
     """Tokenize a batch of rendered texts and label the tokens inside each text's spans.
 
     Byte-level BPE tokenizers take the shortcut in `byte_offsets` (same labels, no offset
-    tracking); any other tokenizer labels from its offset_mapping.
+    tracking); any other tokenizer labels from its offset_mapping. Rows longer than max_length
+    are fitted by `fit_to_length`.
     """
     from tuning.data.byte_offsets import encode_and_label
 
-    shortcut = encode_and_label(
+    flat = encode_and_label(
         tokenizer, texts, spans, lambda rest, rest_spans: offset_labels(tokenizer, rest, rest_spans)
     )
-    if shortcut is not None:
-        all_ids, all_labels = shortcut
-    else:
-        all_ids, all_labels = offset_labels(tokenizer, texts, spans)
-    bos_id = getattr(tokenizer, "bos_token_id", None)
-    results = []
-    for ids, labels in zip(all_ids, all_labels, strict=True):
-        keep_first = bool(ids) and bos_id is not None and ids[0] == bos_id
-        results.append(fit_to_length(list(ids), labels, max_length, keep_first))
-    return results
+    if flat is None:
+        id_rows, label_rows = offset_labels(tokenizer, texts, spans)
+        flat = _flatten(id_rows), _flatten(label_rows), _offsets_of(id_rows)
+    return _fit_batch(*flat, max_length, getattr(tokenizer, "bos_token_id", None))
+
+
+def _flatten(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    return np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=sum(map(len, rows)))
+
+
+def _offsets_of(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum([len(row) for row in rows], dtype=np.int64)))
+
+
+def _fit_batch(
+    ids: np.ndarray,
+    labels: np.ndarray,
+    offsets: np.ndarray,
+    max_length: int | None,
+    bos_id: int | None,
+) -> EncodedBatch:
+    """Apply fit_to_length to the rows that are too long; the others pass untouched."""
+    count = len(offsets) - 1
+    trimmed_prompt = np.zeros(count, dtype=np.int64)
+    trimmed_response = np.zeros(count, dtype=np.int64)
+    lengths = np.diff(offsets)
+    if max_length is None or count == 0 or int(lengths.max()) <= max_length:
+        return EncodedBatch(ids, labels, offsets, trimmed_prompt, trimmed_response)
+    id_parts, label_parts = [], []
+    for row, (start, stop) in enumerate(pairwise(offsets.tolist())):
+        if stop - start <= max_length:
+            id_parts.append(ids[start:stop])
+            label_parts.append(labels[start:stop])
+            continue
+        row_ids = ids[start:stop].tolist()
+        keep_first = bos_id is not None and row_ids[0] == bos_id
+        fitted = fit_to_length(row_ids, labels[start:stop].tolist(), max_length, keep_first)
+        id_parts.append(np.asarray(fitted.input_ids, dtype=np.int64))
+        label_parts.append(np.asarray(fitted.labels, dtype=np.int64))
+        trimmed_prompt[row] = fitted.trimmed_prompt_tokens
+        trimmed_response[row] = fitted.trimmed_response_tokens
+    return EncodedBatch(
+        np.concatenate(id_parts),
+        np.concatenate(label_parts),
+        np.concatenate(([0], np.cumsum([len(part) for part in id_parts], dtype=np.int64))),
+        trimmed_prompt,
+        trimmed_response,
+    )
 
 
 def offset_labels(

@@ -237,8 +237,8 @@ def audit_chat_masks(
     batch = rows_of_columns(rows)
     texts, spans = chat_texts_and_spans(batch, column, ctx, method="primary")
     other_texts, other_spans = chat_texts_and_spans(batch, column, ctx, method="prefix")
-    primary = encode_with_spans(ctx.tokenizer, texts, spans, max_length)
-    second = encode_with_spans(ctx.tokenizer, other_texts, other_spans, max_length)
+    primary = encode_with_spans(ctx.tokenizer, texts, spans, max_length).rows()
+    second = encode_with_spans(ctx.tokenizer, other_texts, other_spans, max_length).rows()
     for index, (a, b) in enumerate(zip(primary, second, strict=True)):
         result.rows_checked += 1
         same_text = texts[index] == other_texts[index]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
@@ -30,6 +31,18 @@ def random_rows(count: int, seed: int = 0) -> tuple[list[str], list[list[tuple[i
         texts.append(text)
         spans.append(row)
     return texts, spans
+
+
+def as_rows(flat) -> tuple[list[list[int]], list[list[int]]] | None:
+    """The shortcut's flat arrays as per-row lists, to compare with the offsets path."""
+    if flat is None:
+        return None
+    ids, labels, offsets = flat
+    bounds = offsets.tolist()
+    return (
+        [ids[a:b].tolist() for a, b in pairwise(bounds)],
+        [labels[a:b].tolist() for a, b in pairwise(bounds)],
+    )
 
 
 def variant(base, change) -> PreTrainedTokenizerFast:
@@ -88,14 +101,18 @@ def test_labels_equal_the_offsets_path(tiny_tokenizer, name):
     assert byte_table(tokenizer) is not None
     texts, spans = random_rows(600, seed=len(name))
     expected = offset_labels(tokenizer, texts, spans)
-    got = encode_and_label(tokenizer, texts, spans, lambda t, s: offset_labels(tokenizer, t, s))
+    got = as_rows(
+        encode_and_label(tokenizer, texts, spans, lambda t, s: offset_labels(tokenizer, t, s))
+    )
     assert got is not None
     assert got[0] == expected[0]
     assert got[1] == expected[1]
     # and row by row (no neighbour can influence a row)
     for text, row_spans, ids, labels in list(zip(texts, spans, *expected, strict=True))[:150]:
-        one = encode_and_label(
-            tokenizer, [text], [row_spans], lambda t, s: offset_labels(tokenizer, t, s)
+        one = as_rows(
+            encode_and_label(
+                tokenizer, [text], [row_spans], lambda t, s: offset_labels(tokenizer, t, s)
+            )
         )
         assert one == ([ids], [labels])
 
@@ -109,7 +126,7 @@ def test_unprovable_rows_go_to_the_fallback_alone(tiny_tokenizer):
         sent.append(list(rest))
         return offset_labels(tiny_tokenizer, rest, rest_spans)
 
-    got = encode_and_label(tiny_tokenizer, texts, spans, fallback)
+    got = as_rows(encode_and_label(tiny_tokenizer, texts, spans, fallback))
     assert sent == [["literal <unk> here"]]  # <unk> might stand for unknown bytes: not proven
     assert got == offset_labels(tiny_tokenizer, texts, spans)
 
@@ -124,7 +141,7 @@ def test_normalizer_sends_non_ascii_rows_to_the_fallback(tiny_tokenizer):
 
     texts = ["plain ascii", "cafe\u0301 decomposed", "more ascii"]
     spans = [[(0, 5)], [(0, 4)], [(5, 10)]]
-    got = encode_and_label(tokenizer, texts, spans, fallback)
+    got = as_rows(encode_and_label(tokenizer, texts, spans, fallback))
     assert sent == ["cafe\u0301 decomposed"]
     assert got == offset_labels(tokenizer, texts, spans)
 
@@ -146,7 +163,7 @@ def test_encode_with_spans_exact_labels_on_both_paths(tiny_tokenizer):
     text = "<|user|>\nhi<|end|>\n<|assistant|>\nok<|end|>\n"
     start = text.index("ok")
     spans = [[(start, start + len("ok<|end|>"))]]
-    fast = encode_with_spans(tiny_tokenizer, [text], spans, None)[0]
+    fast = encode_with_spans(tiny_tokenizer, [text], spans, None).rows()[0]
     ids, labels = offset_labels(tiny_tokenizer, [text], spans)
     assert fast.input_ids == ids[0] and fast.labels == labels[0]
     trained = [

@@ -567,9 +567,10 @@ def test_builtin_handler_cache_key_covers_the_helpers_it_calls(tmp_path, monkeyp
 
 
 def test_arrow_output_has_the_same_columns_and_types_as_datasets_own_writing(tiny_tokenizer):
-    rows = [{"input": f"Add {i} and 1.", "output": str(i + 1)} for i in range(5)]
-    ctx = ctx_for(tiny_tokenizer)
+    rows = [{"input": "Add " * i + f"{i} and 1.", "output": str(i + 1)} for i in range(5)]
+    ctx = ctx_for(tiny_tokenizer, max_len=9)  # the longer rows are fitted
     fast = run("tokenize_and_apply_input_masking", rows, ctx, remove_columns="all")
+    assert fast[registry.TRIMMED_PROMPT] == [0, 0, 0, 2, 4]
     kept = run("tokenize_and_apply_input_masking", rows, ctx)  # inputs stay: plain dict path
     assert kept.column_names == ["input", "output", "input_ids", "labels", *registry.STAT_COLUMNS]
     for name in ("input_ids", "labels", *registry.STAT_COLUMNS):

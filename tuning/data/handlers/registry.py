@@ -12,6 +12,7 @@ names with it before anything heavy is loaded.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import importlib
@@ -414,17 +415,37 @@ ARROW_TYPES = {
 }
 
 
-def _as_arrow(output: Mapping[str, list]) -> Any:
+_ARROW_OUTPUT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tuneforge_arrow_output", default=False
+)
+
+
+def arrow_output_allowed() -> bool:
+    """Whether the running handler may return pyarrow arrays (only `_call` allows it, where
+    the output becomes an Arrow table for datasets' map)."""
+    return _ARROW_OUTPUT.get()
+
+
+def _as_arrow(output: Mapping[str, Any]) -> Any:
     import pyarrow as pa
 
     columns = {}
     for name, values in output.items():
+        if isinstance(values, pa.Array):
+            columns[name] = values
+            continue
         shape, dtype = ARROW_TYPES[name]
         value_type = pa.int32() if dtype == "int32" else pa.int64()
         columns[name] = pa.array(
             values, type=pa.list_(value_type) if shape == "list" else value_type
         )
     return pa.table(columns)
+
+
+def _as_lists(output: dict[str, Any]) -> dict[str, Any]:
+    import pyarrow as pa
+
+    return {k: v.to_pylist() if isinstance(v, pa.Array) else v for k, v in output.items()}
 
 
 def _call(
@@ -435,18 +456,19 @@ def _call(
     _code: str = "",
     _kept: tuple[str, ...] | None = None,
 ) -> Any:
-    output = _handler(batch, _args, _ctx)
-    # `_kept` (map on a Dataset only): input columns that stay. An Arrow table replaces the whole
-    # row, so it is used only when the output also rewrites those.
-    if (
-        _kept is not None
-        and isinstance(output, dict)
-        and output
-        and ARROW_TYPES.keys() >= output.keys()
-        and output.keys() >= set(_kept)
-    ):
+    # `_kept` (batched map on a Dataset only): input columns that stay. An Arrow table replaces
+    # the whole row, so it is used only when the output also rewrites every one of those.
+    allowed = _kept is not None and ARROW_TYPES.keys() >= set(_kept)
+    token = _ARROW_OUTPUT.set(allowed)
+    try:
+        output = _handler(batch, _args, _ctx)
+    finally:
+        _ARROW_OUTPUT.reset(token)
+    if not isinstance(output, dict) or not output:
+        return output
+    if allowed and ARROW_TYPES.keys() >= output.keys() and output.keys() >= set(_kept or ()):
         return _as_arrow(output)
-    return output
+    return _as_lists(output) if allowed else output
 
 
 @functools.lru_cache(maxsize=256)

@@ -17,6 +17,7 @@ from tuning.data.handlers.registry import (
     TRIMMED_RESPONSE,
     HandlerArgs,
     HandlerContext,
+    arrow_output_allowed,
     register_handler,
 )
 from tuning.data.handlers.text import (
@@ -62,11 +63,13 @@ def encode(
         texts = [prefix + text for text in texts]
         spans = [[(s + len(prefix), e + len(prefix)) for s, e in row] for row in spans]
     encoded = encode_with_spans(ctx.tokenizer, texts, spans, max_length)
+    # Arrow arrays straight from the flat batch when the map can take them (see registry._call)
+    columns = encoded.arrow_columns() if arrow_output_allowed() else encoded.columns()
     return {
-        "input_ids": [e.input_ids for e in encoded],
-        "labels": [e.labels for e in encoded],
-        TRIMMED_PROMPT: [e.trimmed_prompt_tokens for e in encoded],
-        TRIMMED_RESPONSE: [e.trimmed_response_tokens for e in encoded],
+        "input_ids": columns["input_ids"],
+        "labels": columns["labels"],
+        TRIMMED_PROMPT: columns["trimmed_prompt"],
+        TRIMMED_RESPONSE: columns["trimmed_response"],
     }
 
 
