@@ -1,17 +1,20 @@
 """Chat-masking preprocessing throughput: tuneforge's handler vs TRL's own per-example path.
 
-Two comparisons over the same conversations, one process, side by side in one run:
+Side by side in one run, on the same conversations:
 1. the masking step alone: our `tokenize_and_apply_chat_template_with_masking` handler (batched:
-   render, tokenize the batch with offsets, label assistant spans) vs TRL's per-example
+   render, tokenize the batch, label assistant spans) vs TRL's per-example
    `_tokenize(..., return_assistant_tokens_mask=True)` on the same template with
-   `{% generation %}` markers (TRL needs them), labels from the mask;
+   `{% generation %}` markers (TRL needs them), labels from the mask. Three data sets: the
+   shipped chat rows (short), and conversations of 8 and 32 user/assistant exchanges built
+   from them (about 450 and 1,800 tokens);
 2. the whole preparation a user waits for: our `prepare_datasets` on a data config (file
    loading, handlers, zero-label check, stats, mask audit included) vs TRL's own
    `SFTTrainer._prepare_dataset` (tokenize, build labels, truncate, filter) after
    `datasets.load_dataset("json", ...)` of the same file, as a TRL user would run it.
 The tokenizer runs with its defaults (TOKENIZERS_PARALLELISM unset), as in a training job.
-Each timing is the best of 3 runs (fresh caches). Prints samples/s, ratios, label agreement
-and the machine; appends to bench/results.jsonl.
+Each timing is the best of BENCH_REPEATS (5) runs, ours and TRL alternating so both see the
+same machine load. Prints samples/s, ratios, label agreement and the machine; appends to
+bench/results.jsonl.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-BATCH = int(os.environ.get("BENCH_BATCH", "1000"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 GENERATION_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n"
     "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|end|>{% endgeneration %}"
@@ -40,6 +43,21 @@ GENERATION_TEMPLATE = (
 def load_rows(copies: int) -> list[dict]:
     lines = (REPO / "data_configs" / "data" / "chat.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines] * copies
+
+
+def long_rows(exchanges: int, count: int, seed: int = 0) -> list[dict]:
+    """Multi-turn conversations: `exchanges` user/assistant pairs drawn from the shipped rows."""
+    import random
+
+    base = load_rows(1)
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        messages = []
+        for row in rng.sample(base, exchanges):
+            messages += [m for m in row["messages"] if m["role"] != "system"]
+        rows.append({"messages": messages})
+    return rows
 
 
 def run_ours(dataset, tokenizer):
@@ -116,14 +134,16 @@ def run_trl_pipeline(rows_file: Path, tokenizer, workdir: Path):
     )
 
 
-def timed(fn, *args, repeats: int = 3):
-    """Best of `repeats` runs (the least disturbed by other work on the machine)."""
-    best, result = float("inf"), None
+def timed_pair(ours, theirs, *args, repeats: int = REPEATS):
+    """Best of `repeats` runs of each, alternating, so both see the same machine load."""
+    best = [float("inf"), float("inf")]
+    results = [None, None]
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return result, best
+        for side, fn in enumerate((ours, theirs)):
+            start = time.perf_counter()
+            results[side] = fn(*args)
+            best[side] = min(best[side], time.perf_counter() - start)
+    return results[0], best[0], results[1], best[1]
 
 
 def identical(a, b) -> int:
@@ -139,35 +159,52 @@ def main() -> int:
 
     datasets.disable_progress_bars()
     tokenizer = AutoTokenizer.from_pretrained(str(REPO / "artifacts" / "tiny-llama"))
-    rows = load_rows(copies=20)
-    dataset = datasets.Dataset.from_list(rows)
-    n = len(dataset)
+    tokenizer.model_max_length = 1 << 20  # the long sets exceed the tiny model's 2048 on purpose
+    machine = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
+    record: dict = {"bench": "preprocess_chat_masking", "machine": machine, "repeats": REPEATS}
     workdir = Path(tempfile.mkdtemp())
+
+    sets = {
+        "shipped chat rows x20": load_rows(copies=20),
+        "8 exchanges per conversation": long_rows(8, 1000),
+        "32 exchanges per conversation": long_rows(32, 250),
+    }
+    for label, rows in sets.items():
+        dataset = datasets.Dataset.from_list(rows)
+        n = len(dataset)
+        run_ours(dataset.select(range(20)), tokenizer)  # warm-up (imports, template compile)
+        run_trl(dataset.select(range(20)), tokenizer)
+        ours, ours_s, trl, trl_s = timed_pair(run_ours, run_trl, dataset, tokenizer)
+        tokens = sum(len(ids) for ids in ours["input_ids"]) / n
+        same = identical(ours, trl)
+        print(
+            f"masking step, {label} ({n} rows, {tokens:.0f} tokens each): tuneforge "
+            f"{n / ours_s:8.1f}/s   TRL {n / trl_s:8.1f}/s   ratio {trl_s / ours_s:.2f}x   "
+            f"identical labels {same}/{n}"
+        )
+        record[f"step: {label}"] = {
+            "rows": n, "tokens_per_row": tokens, "ours_per_s": n / ours_s,
+            "trl_per_s": n / trl_s, "ratio": trl_s / ours_s, "identical": same,
+        }  # fmt: skip
+
+    rows = sets["shipped chat rows x20"]
     rows_file = workdir / "chat.jsonl"
     rows_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    run_ours(dataset.select(range(50)), tokenizer)  # warm-up (imports, template compile)
-    run_trl(dataset.select(range(50)), tokenizer)
-    ours, ours_s = timed(run_ours, dataset, tokenizer)
-    trl, trl_s = timed(run_trl, dataset, tokenizer)
-    ours_p, ours_p_s = timed(run_ours_pipeline, rows_file, tokenizer, workdir)
-    trl_p, trl_p_s = timed(run_trl_pipeline, rows_file, tokenizer, workdir)
-    machine = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
-    step_ratio, pipeline_ratio = trl_s / ours_s, trl_p_s / ours_p_s
-    print(f"conversations: {n}")
-    print(
-        f"masking step  - tuneforge {n / ours_s:8.1f}/s   TRL {n / trl_s:8.1f}/s   "
-        f"ratio {step_ratio:.2f}x   identical labels {identical(ours, trl)}/{n}"
+    ours_p, ours_p_s, trl_p, trl_p_s = timed_pair(
+        run_ours_pipeline, run_trl_pipeline, rows_file, tokenizer, workdir
     )
+    n = len(rows)
+    same = identical(ours_p, trl_p)
     print(
-        f"whole prepare - tuneforge {n / ours_p_s:8.1f}/s   TRL {n / trl_p_s:8.1f}/s   "
-        f"ratio {pipeline_ratio:.2f}x   identical labels {identical(ours_p, trl_p)}/{n}"
+        f"whole prepare, shipped chat rows x20 ({n} rows): tuneforge {n / ours_p_s:8.1f}/s   "
+        f"TRL {n / trl_p_s:8.1f}/s   ratio {trl_p_s / ours_p_s:.2f}x   identical labels {same}/{n}"
     )
-    print(f"machine: {machine}")
+    record["prepare: shipped chat rows x20"] = {
+        "rows": n, "ours_per_s": n / ours_p_s, "trl_per_s": n / trl_p_s,
+        "ratio": trl_p_s / ours_p_s, "identical": same,
+    }  # fmt: skip
+    print(f"machine: {machine}; each timing the best of {REPEATS}, ours and TRL alternating")
     with open(REPO / "bench" / "results.jsonl", "a") as handle:
-        record = {"bench": "preprocess_chat_masking", "machine": machine, "samples": n,
-                  "step": {"ours_per_s": n / ours_s, "trl_per_s": n / trl_s, "ratio": step_ratio},
-                  "prepare": {"ours_per_s": n / ours_p_s, "trl_per_s": n / trl_p_s,
-                              "ratio": pipeline_ratio}}  # fmt: skip
         handle.write(json.dumps(record) + "\n")
     return 0
 

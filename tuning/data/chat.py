@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 from typing import Any
@@ -258,10 +259,6 @@ def _batch_compiled(template: str) -> Any:
     return _compiled(loop + template + _SEPARATOR + "{% endfor %}")
 
 
-def _marked(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    return [{**message, "content": _MARKER.format(i)} for i, message in enumerate(messages)]
-
-
 def _skeletons(template: str, batch: list[list[dict[str, Any]]], special: Mapping[str, str]):
     """Marked skeletons of a batch in one rendering, or None when that cannot be trusted."""
     try:
@@ -285,30 +282,110 @@ def _skeletons(template: str, batch: list[list[dict[str, Any]]], special: Mappin
 def assistant_spans_batch(
     template: str, conversations: Sequence[Sequence[Message]], special: Mapping[str, str]
 ) -> list[tuple[str, list[Span]]]:
-    """assistant_spans for many conversations; print-only templates render the batch at once."""
+    """assistant_spans for many conversations; print-only templates render the batch at once.
+
+    Such a template's marked skeleton depends only on the sequence of roles (contents are only
+    printed, never inspected), so each distinct role sequence of the batch is rendered once and
+    its layout reused for every conversation that has it.
+    """
     mode = content_mode(template)
     plain = all(
-        isinstance(m.get("content"), str) and _PLAIN_KEYS.issuperset(m)
+        isinstance(m.get("content"), str)
+        and isinstance(m.get("role"), str)
+        and _PLAIN_KEYS.issuperset(m)
         for messages in conversations
         for m in messages
     )
     if mode is None or not plain or not conversations:
         return [assistant_spans(template, messages, special) for messages in conversations]
-    marked = [_marked(messages) for messages in conversations]
+    role_sequences = [tuple(m["role"] for m in messages) for messages in conversations]
+    distinct = list(dict.fromkeys(role_sequences))
+    marked = [
+        [{"role": role, "content": _MARKER.format(i)} for i, role in enumerate(roles)]
+        for roles in distinct
+    ]
     skeletons = _skeletons(template, marked, special)
     if skeletons is None:
         return [assistant_spans(template, messages, special) for messages in conversations]
     suffix = end_of_turn_text(template, tuple(sorted(special.items())))
+    layouts = {
+        roles: _layout(skeleton, roles, suffix)
+        for roles, skeleton in zip(distinct, skeletons, strict=True)
+    }
     results = []
-    for skeleton, messages in zip(skeletons, conversations, strict=True):
-        contents = [m["content"].strip() if mode == "trim" else m["content"] for m in messages]
-        rebuilt = _rebuild(skeleton, contents, [m.get("role") for m in messages])
-        if rebuilt is None:
+    for roles, messages in zip(role_sequences, conversations, strict=True):
+        layout = layouts[roles]
+        if layout is None:
             results.append(assistant_spans(template, messages, special))
             continue
-        text, spans = rebuilt
-        results.append((text, [(start, _extend_by(text, end, suffix)) for start, end in spans]))
+        contents = [m["content"].strip() if mode == "trim" else m["content"] for m in messages]
+        results.append(_place(layout, contents, suffix))
     return results
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A marked skeleton taken apart: the text before the first content, then per placed
+    message (index, text after it, whether it is trained, end-of-turn extension; None when
+    the extension depends on the next message's content)."""
+
+    head: str
+    steps: tuple[tuple[int, str, bool, int | None], ...]
+
+
+def _layout(skeleton: str, roles: Sequence[str], suffix: str) -> _Layout | None:
+    """The skeleton's layout, or None when the contents cannot be placed with certainty (a
+    marker repeats, comes out of order, or an assistant's is missing)."""
+    parts = _MARKER_PATTERN.split(skeleton)
+    order = [int(index) for index in parts[1::2]]
+    if any(later <= earlier for earlier, later in pairwise(order)):
+        return None
+    placed = set(order)
+    if any(role == "assistant" and i not in placed for i, role in enumerate(roles)):
+        return None
+    steps = []
+    for position, index in enumerate(order):
+        between = parts[2 * position + 2]
+        trained = roles[index] == "assistant"
+        steps.append((index, between, trained, _fixed_extension(between, suffix) if trained else 0))
+    return _Layout(parts[0], tuple(steps))
+
+
+def _fixed_extension(between: str, suffix: str) -> int | None:
+    """`_extend_by` decided from the text after a content alone, or None when the next
+    content could change the answer (the scan reaches it)."""
+    if not suffix:
+        return 0
+    probe = 0
+    while (
+        probe < len(between) and between[probe] in " \t\n" and not between.startswith(suffix, probe)
+    ):
+        probe += 1
+    if between.startswith(suffix, probe):
+        return probe + len(suffix)
+    return None if suffix.startswith(between[probe:]) else 0
+
+
+def _place(layout: _Layout, contents: Sequence[str], suffix: str) -> tuple[str, list[Span]]:
+    """Put the contents into a layout: the rendered text and the trained spans."""
+    pieces = [layout.head]
+    length = len(layout.head)
+    spans: list[Span] = []
+    undecided = []
+    for index, between, trained, extension in layout.steps:
+        content = contents[index]
+        if trained:
+            end = length + len(content)
+            if extension is None:
+                undecided.append(len(spans))
+            spans.append((length, end + (extension or 0)))
+        pieces += (content, between)
+        length += len(content) + len(between)
+    text = "".join(pieces)
+    for position in undecided:
+        start, end = spans[position]
+        spans[position] = (start, _extend_by(text, end, suffix))
+    return text, spans
 
 
 def spans_by_prefix(

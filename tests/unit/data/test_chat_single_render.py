@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tuning.data import chat
@@ -76,18 +76,26 @@ def test_branching_template_still_rendered_for_real():
     assert [text[a:b] for a, b in spans] == ["assistant: no"]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     template=st.sampled_from([TINY, CHATML, LLAMA3_TRIM, BRANCHING]),
     conversations=st.lists(
-        st.lists(st.tuples(text_st, text_st), min_size=1, max_size=3), min_size=1, max_size=5
+        st.tuples(
+            st.one_of(st.none(), text_st),
+            st.lists(st.tuples(text_st, text_st), min_size=1, max_size=3),
+        ),
+        min_size=1,
+        max_size=6,
     ),
 )
 def test_batch_rendering_matches_one_by_one(template, conversations):
+    """Conversations sharing a role sequence share one rendered layout; the result is still
+    what each conversation gives alone."""
     batch = [
-        [m for user, bot in turns for m in ({"role": "user", "content": user},
-                                            {"role": "assistant", "content": bot})]
-        for turns in conversations
+        ([] if system is None else [{"role": "system", "content": system}])
+        + [m for user, bot in turns for m in ({"role": "user", "content": user},
+                                              {"role": "assistant", "content": bot})]
+        for system, turns in conversations
     ]  # fmt: skip
     expected = [chat.assistant_spans(template, messages, SPECIAL) for messages in batch]
     assert chat.assistant_spans_batch(template, batch, SPECIAL) == expected
@@ -105,3 +113,21 @@ def test_batch_rendering_keeps_per_conversation_variables_apart():
     assert chat.content_mode(template) == "raw"  # so the batch is rendered in one call
     texts = [text for text, _ in chat.assistant_spans_batch(template, batch, SPECIAL)]
     assert texts == ["[S]S;a;", "[none]u;b;"]
+
+
+@settings(max_examples=300, deadline=None)
+@example(between="", following="<|end|>", suffix="<|end|>")  # the next content holds it
+@example(between=" <|e", following="nd|>", suffix="<|end|>")  # it starts before the content
+@example(between="\n<|end|>x", following="", suffix="<|end|>")
+@given(
+    between=st.text(alphabet=st.sampled_from([*" \n\t<|end>x"]), max_size=8),
+    following=st.text(alphabet=st.sampled_from([*" \n<|end>x"]), max_size=8),
+    suffix=st.sampled_from(["", "<|end|>", "</s>", "\n"]),
+)
+def test_end_of_turn_extension_decided_from_the_layout_alone_is_exact(between, following, suffix):
+    """When the text after a content decides the extension, it is what the whole text gives."""
+    fixed = chat._fixed_extension(between, suffix)
+    if fixed is not None:
+        assert fixed == chat._extend_by(between + following, 0, suffix)
+    else:  # undecided: the next content can reach into the end-of-turn scan
+        assert suffix and suffix.startswith(between.lstrip(" \t\n")[: len(suffix)])

@@ -155,7 +155,7 @@ def check_messages(messages: Any, ctx: HandlerContext, column: str) -> list[dict
             f"dataset '{ctx.dataset_name}': column '{column}' of a row {problem}. Each "
             'conversation must be a list of {"role": ..., "content": ...} objects.'
         )
-    return [dict(message) for message in messages]
+    return [message if type(message) is dict else dict(message) for message in messages]
 
 
 def _render_whole_row(template: str, row: Mapping[str, Any], special: Mapping[str, str]) -> str:
