@@ -102,6 +102,7 @@ def build_previews(prepared: Any, tokenizer: Any, n: int) -> list[DatasetPreview
         facts = (
             f"{report.rows} samples{' (first rows of the stream)' if report.sampled else ''}, "
             f"{report.tokens} tokens, {report.trained_pct:.1f}% trained; "
+            f"{report.filtered_rows} removed by the handlers' filters; "
             f"prompt trimmed in {report.truncated_prompt_rows}, response trimmed in "
             f"{report.truncated_response_rows}; {report.zero_label_rows} without a trained token "
             "(dropped)"

@@ -260,6 +260,7 @@ def _process_one(
             raise DataError(
                 f"dataset '{spec.name}' has no rows left after its handlers; check its filters."
             )
+        report.filtered_rows = len(raw) - len(dataset)
         dataset = drop_zero_labels(dataset, report, tolerance, chain, ctx.tokenizer)
     _log_truncation(report)
     present = [c for c in STAT_COLUMNS if c in column_names(dataset)]
@@ -283,11 +284,12 @@ def _process_one(
 
 def _log_truncation(report: DatasetReport) -> None:
     logger.info(
-        "Dataset '%s': %d samples%s, %d with the prompt trimmed, %d with the response trimmed, "
-        "%d without a trained token.",
+        "Dataset '%s': %d samples%s, %d removed by the handlers' filters, %d with the prompt "
+        "trimmed, %d with the response trimmed, %d without a trained token.",
         report.name,
         report.rows,
         " (the first of the stream)" if report.sampled else "",
+        report.filtered_rows,
         report.truncated_prompt_rows,
         report.truncated_response_rows,
         report.zero_label_rows,

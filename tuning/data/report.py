@@ -56,6 +56,7 @@ class DatasetReport:
     trained_tokens: int = 0
     zero_label_rows: int = 0
     zero_label_example: str | None = None
+    filtered_rows: int = 0  # removed by the handlers (e.g. skip_samples_with_large_columns)
     truncated_prompt_rows: int = 0
     truncated_response_rows: int = 0
     audit: AuditResult | None = None
@@ -105,7 +106,8 @@ class DataReport:
         """A short fixed-width table, one line per dataset, then the mixture."""
         header = (
             f"{'dataset':<24} {'rows':>7} {'train':>7} {'eval':>6} {'tokens':>9} "
-            f"{'trained%':>8} {'no-label':>8} {'cut-prompt':>10} {'cut-resp':>8} {'audit':>7}"
+            f"{'trained%':>8} {'filtered':>8} {'no-label':>8} {'cut-prompt':>10} {'cut-resp':>8} "
+            f"{'audit':>7}"
         )
         lines = [header]
         for d in self.datasets:
@@ -113,7 +115,8 @@ class DataReport:
             name = d.name + (" *" if d.sampled else "")
             lines.append(
                 f"{name[:24]:<24} {d.rows:>7} {d.train_rows:>7} {d.eval_rows:>6} {d.tokens:>9} "
-                f"{d.trained_pct:>7.1f}% {d.zero_label_rows:>8} {d.truncated_prompt_rows:>10} "
+                f"{d.trained_pct:>7.1f}% {d.filtered_rows:>8} {d.zero_label_rows:>8} "
+                f"{d.truncated_prompt_rows:>10} "
                 f"{d.truncated_response_rows:>8} {audit:>7}"
             )
         if any(d.sampled for d in self.datasets):

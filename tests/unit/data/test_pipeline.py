@@ -965,3 +965,26 @@ def test_templates_flags_on_already_tokenized_data_are_reported(
         prepared = prepare(data_config_path=path, response_template="### Answer:")
     assert len(prepared.train) == 4
     assert "--response_template/--instruction_template do not apply" in caplog.text
+
+
+def test_rows_removed_by_a_filter_handler_are_counted(
+    prepare, config_file, tmp_path, tiny_tokenizer
+):
+    texts = ["short", "a much longer text " * 6, "tiny", "another long one " * 8]
+    data = write_jsonl(tmp_path / "text.jsonl", [{"text": t} for t in texts])
+    path = config_file(
+        f"""\
+        datasets:
+          - name: text
+            data_paths: ['{data}']
+            data_handlers:
+              - name: tokenize
+                arguments: {{remove_columns: all, fn_kwargs: {{text_column_name: text}}}}
+              - name: skip_samples_with_large_columns
+                arguments: {{fn_kwargs: {{column_name: input_ids, max_allowed_length: 10}}}}
+        """
+    )
+    prepared = prepare(data_config_path=path)
+    report = prepared.report.dataset("text")
+    assert (report.rows, report.filtered_rows) == (2, 2)
+    assert "filtered" in prepared.report.table().splitlines()[0]
