@@ -595,3 +595,17 @@ def test_call_returns_arrow_only_when_the_output_replaces_every_kept_column(tiny
     assert isinstance(registry._call({}, tokenized, None, ctx, _kept=("text",)), dict)
     assert isinstance(registry._call({}, tokenized, None, ctx), dict)  # streaming: never
     assert isinstance(registry._call({}, other, None, ctx, _kept=()), dict)
+
+
+def test_arrow_output_across_worker_processes(tiny_tokenizer):
+    rows = [
+        {"messages": [{"role": "user", "content": f"Add {i} and 1."},
+                      {"role": "assistant", "content": str(i + 1)}]}
+        for i in range(12)
+    ]  # fmt: skip
+    ctx = ctx_for(tiny_tokenizer)
+    name = "tokenize_and_apply_chat_template_with_masking"
+    one = run(name, rows, ctx, remove_columns="all")
+    two = run(name, rows, ctx, remove_columns="all", num_proc=2, batch_size=4)
+    assert two.features == one.features
+    assert two["input_ids"] == one["input_ids"] and two["labels"] == one["labels"]
