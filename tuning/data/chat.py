@@ -130,23 +130,8 @@ def _rebuild(skeleton: str, contents: list[str], roles: list[Any]) -> tuple[str,
     contents cannot be placed with certainty. Other messages may be left out (e.g. a system
     message the template drops).
     """
-    parts = _MARKER_PATTERN.split(skeleton)
-    order = [int(index) for index in parts[1::2]]
-    if any(later <= earlier for earlier, later in pairwise(order)):
-        return None
-    placed = set(order)
-    if any(role == "assistant" and i not in placed for i, role in enumerate(roles)):
-        return None
-    pieces = [parts[0]]
-    spans: list[Span] = []
-    length = len(parts[0])
-    for position, index in enumerate(order):
-        content, between = contents[index], parts[2 * position + 2]
-        if roles[index] == "assistant":
-            spans.append((length, length + len(content)))
-        pieces += (content, between)
-        length += len(content) + len(between)
-    return "".join(pieces), spans
+    layout = _layout(skeleton, roles, suffix="")
+    return None if layout is None else _place(layout, contents, suffix="")
 
 
 def spans_by_marker(
