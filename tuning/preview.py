@@ -17,7 +17,7 @@ import argparse
 import html
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +79,34 @@ def length_summary(lengths: Sequence[int]) -> dict[str, int]:
     }
 
 
+def length_histogram(lengths: Sequence[int], bins: int = 8, width: int = 30) -> list[str]:
+    """A text histogram of token lengths: one line per bin, range, count and a bar."""
+    import numpy as np
+
+    if not len(lengths):
+        return []
+    values = np.asarray(lengths)
+    low, high = int(values.min()), int(values.max())
+    edges = np.linspace(low, high + 1, num=min(bins, high - low + 1) + 1)
+    counts, _ = np.histogram(values, bins=edges)
+    starts = np.ceil(edges[:-1]).astype(int)
+    stops = np.ceil(edges[1:]).astype(int) - 1
+    peak = max(int(counts.max()), 1)
+    labels = [str(a) if a == b else f"{a}-{b}" for a, b in zip(starts, stops, strict=True)]
+    pad = max(len(label) for label in labels)
+    return [
+        f"{label:>{pad}} {int(c):>6} {'#' * round(width * int(c) / peak)}".rstrip()
+        for label, c in zip(labels, counts, strict=True)
+    ]
+
+
 @dataclass
 class DatasetPreview:
     name: str
     samples: list[Sample]
     lengths: dict[str, int]
     facts: str
+    histogram: list[str] = field(default_factory=list)
 
 
 def build_previews(prepared: Any, tokenizer: Any, n: int) -> list[DatasetPreview]:
@@ -118,6 +140,7 @@ def build_previews(prepared: Any, tokenizer: Any, n: int) -> list[DatasetPreview
                 samples=[split_sample(tokenizer, r["input_ids"], r["labels"]) for r in rows],
                 lengths=length_summary(lengths),
                 facts=facts,
+                histogram=length_histogram(lengths),
             )
         )
     return previews
@@ -127,7 +150,8 @@ def render_text(previews: list[DatasetPreview], mixture: str, *, color: bool) ->
     lines = []
     for preview in previews:
         lengths = ", ".join(f"{k} {v}" for k, v in preview.lengths.items())
-        lines += [f"=== {preview.name} ===", preview.facts + ".", f"token lengths: {lengths}", ""]
+        lines += [f"=== {preview.name} ===", preview.facts + ".", f"token lengths: {lengths}"]
+        lines += [f"  {line}" for line in preview.histogram] + [""]
         for index, sample in enumerate(preview.samples, start=1):
             lines += [f"--- sample {index} ---", sample.ansi() if color else sample.plain(), ""]
     legend = "trained tokens in green" if color else "trained tokens inside [[...]]"
@@ -157,6 +181,8 @@ def render_html(previews: list[DatasetPreview], mixture: str) -> str:
         lengths = ", ".join(f"{k} {v}" for k, v in preview.lengths.items())
         body.append(f"<h2>{html.escape(preview.name)}</h2>")
         body.append(f'<p class="facts">{html.escape(preview.facts)}. Token lengths: {lengths}.</p>')
+        if preview.histogram:
+            body.append(f"<pre>{html.escape(chr(10).join(preview.histogram))}</pre>")
         for index, sample in enumerate(preview.samples, start=1):
             body.append(f"<h3>sample {index}</h3><pre>{sample.html()}</pre>")
     return _PAGE.format(body="\n".join(body), mixture=html.escape(mixture))
@@ -200,8 +226,8 @@ def _data_args(options: argparse.Namespace) -> Any:
         for name in DataArgs.model_fields
         if getattr(options, name, None) is not None
     }
-    for name, field in DataArgs.model_fields.items():
-        extra = field.json_schema_extra or {}
+    for name, model_field in DataArgs.model_fields.items():
+        extra = model_field.json_schema_extra or {}
         if isinstance(extra, dict) and extra.get("unescape") and isinstance(values.get(name), str):
             values[name] = decode_escapes(values[name])
     return DataArgs(**values)

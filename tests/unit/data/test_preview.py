@@ -44,6 +44,17 @@ def test_split_sample_marks_exactly_the_trained_tokens(tiny_tokenizer):
     assert sample.html() == 'Add 0 and 8.<span class="trained"> 8&lt;/s&gt;</span>'
 
 
+def test_length_histogram_counts_every_row_in_its_bin():
+    assert preview.length_histogram([3, 1, 2, 10, 10, 10, 7, 5], bins=4, width=6) == [
+        " 1-3      3 ######",
+        " 4-5      1 ##",
+        " 6-8      1 ##",
+        "9-10      3 ######",
+    ]
+    assert preview.length_histogram([5, 5]) == ["5      2 ##############################"]
+    assert preview.length_histogram([]) == []
+
+
 def test_length_summary():
     assert preview.length_summary([3, 1, 2, 10]) == {"min": 1, "median": 2, "p95": 8, "max": 10}
     assert preview.length_summary([]) == {"min": 0, "median": 0, "p95": 0, "max": 0}
