@@ -6,7 +6,7 @@ import random
 from itertools import pairwise
 
 import pytest
-from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from tuning.data.byte_offsets import byte_table, encode_and_label
@@ -80,6 +80,16 @@ def _digits(backend):
     )
 
 
+def _llama3_style_split(backend):
+    pattern = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
 def _unchanged(backend):
     pass
 
@@ -92,6 +102,7 @@ VARIANTS = {
     "lstrip/rstrip added token": _stripping_token,
     "added token with spaces": _spaced_token,
     "digits pre-tokenizer": _digits,
+    "Llama-3-style split pre-tokenizer": _llama3_style_split,
 }
 
 
