@@ -137,7 +137,19 @@ class DatasetSpec(_Strict):
     dataset_split_name: str | None = Field(
         None, description='Split to read from a saved DatasetDict, e.g. "train_sft".'
     )
-    shuffle: bool = Field(False, description="Shuffle this dataset's rows (with the seed).")
+    shuffle: bool | None = Field(
+        None,
+        description="Shuffle this dataset's rows with the seed before splitting. Unset: "
+        "shuffled when split gives part of the rows to validation or leaves some unused (as "
+        "fms does), else kept in order. false: splits take contiguous rows.",
+    )
+
+    def shuffled(self) -> bool:
+        """Whether the rows are shuffled: the explicit setting, else only for a real split."""
+        if self.shuffle is not None:
+            return self.shuffle
+        return self.split is not None and self.split.train < 1.0
+
     data_handlers: list[HandlerSpec] = Field(
         default_factory=list, description="Handlers applied in order."
     )

@@ -182,7 +182,8 @@ def _audit(
 
 
 def _split(dataset: Any, spec: DatasetSpec, seed: int, streaming: bool) -> tuple[Any, Any]:
-    """(train part, validation part) of one dataset, by its split fractions (seeded)."""
+    """(train part, validation part) of one dataset, by its split fractions: the first rows
+    train, the next ones validate (the rows were shuffled before unless shuffle: false)."""
     import math
 
     if spec.split is None:
@@ -197,9 +198,8 @@ def _split(dataset: Any, spec: DatasetSpec, seed: int, streaming: bool) -> tuple
     else:
         n_train = math.floor(total * train + 1e-9)
     n_train = min(n_train, total - n_val)
-    order = dataset.shuffle(seed=seed) if (train < 1.0) else dataset
-    train_part = order.select(range(n_train)) if n_train else None
-    val_part = order.select(range(n_train, n_train + n_val)) if n_val else None
+    train_part = dataset.select(range(n_train)) if n_train else None
+    val_part = dataset.select(range(n_train, n_train + n_val)) if n_val else None
     if train > 0 and train_part is None:
         raise DataError(
             f"dataset '{spec.name}' has {total} rows, too few for a training share of {train:g}."
@@ -268,7 +268,7 @@ def _process_one(
         dataset = dataset.remove_columns(present)
     report.audit = _audit(raw, chain, ctx, audit_rows)
     processed = dataset
-    if spec.shuffle:
+    if spec.shuffled():  # before the split, so a split takes random rows
         seed = config.dataprocessor.seed
         dataset = (
             dataset.shuffle(seed=seed, buffer_size=1000)

@@ -359,7 +359,7 @@ def test_defaults_and_our_audit_settings(tmp_path: Path) -> None:
     assert processor.sampling_stopping_strategy == "all_exhausted"
     assert (processor.audit_sample_size, processor.max_zero_label_fraction) == (8, 0.05)
     assert config.resolved_chat_template() is None
-    assert config.datasets[0].shuffle is False
+    assert config.datasets[0].shuffle is None and not config.datasets[0].shuffled()
 
 
 def test_json_config_is_accepted(tmp_path: Path) -> None:

@@ -376,6 +376,24 @@ def test_per_dataset_shuffle_is_seeded(prepare, tmp_path, config_file):
     assert sorted(once.train["input_ids"]) == sorted(ordered.train["input_ids"])
 
 
+def test_split_shuffles_unless_shuffle_is_false(prepare, tmp_path, config_file, tiny_tokenizer):
+    write_jsonl(tmp_path / "a.jsonl", arithmetic(10))
+    body = """\
+        datasets:
+          - name: a
+            split: {{train: 0.8, validation: 0.2}}
+            {shuffle}
+            data_paths: [a.jsonl]
+        """
+    default = prepare(data_config_path=config_file(body.format(shuffle=""), "d.yaml"))
+    kept = prepare(data_config_path=config_file(body.format(shuffle="shuffle: false"), "k.yaml"))
+    texts = [trained_text(tiny_tokenizer, row) for row in kept.eval]
+    assert texts == [" 9</s>", " 10</s>"]  # contiguous: the last two rows validate
+    assert list(default.eval["input_ids"]) != list(kept.eval["input_ids"])  # seeded random rows
+    everything = [*default.train["input_ids"], *default.eval["input_ids"]]
+    assert sorted(everything) == sorted([*kept.train["input_ids"], *kept.eval["input_ids"]])
+
+
 def test_streaming_yields_the_same_first_rows(prepare, tmp_path, config_file):
     write_jsonl(tmp_path / "a.jsonl", arithmetic(20))
     body = """\
