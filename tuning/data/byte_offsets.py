@@ -9,9 +9,10 @@ batch.
 
 The shortcut is taken only where it is provably the same as the offsets: the tokenizer adds no
 text (no normalizer that could change it, no prefix space), every token's bytes are known, and for
-every row the tokens' bytes add up to exactly the text's bytes. Anything else returns None and the
-caller uses the tokenizer's offsets. ByteLevel offset trimming (`trim_offsets`) is reproduced, so
-the labels equal those of the offsets path token for token; tests compare both on many texts.
+every row the tokens' bytes add up to exactly the text's bytes. Other tokenizers get None (the
+caller uses the tokenizer's offsets); rows that cannot be proven go to the offsets path alone.
+ByteLevel offset trimming (`trim_offsets`) is reproduced, so the labels equal those of the offsets
+path token for token; tests compare both on many texts.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from tuning.data.masking import IGNORE_INDEX, row_offsets
+
 _UNKNOWN = -(10**9)  # a byte length no row can add up to: forces the offsets path
 # Normalizers that leave ASCII text unchanged: the shortcut is then used for ASCII batches only.
 _ASCII_IDENTITY_NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD"}
 _ASCII_WHITESPACE = " \t\n\r\x0b\x0c"  # what Rust's char::is_whitespace accepts below 128
+_SPACE_CHAR = "Ġ"  # the byte-level character for b" ", which trim_offsets also trims
 
 
 Labelled = tuple[list[list[int]], list[list[int]]]  # input_ids and labels per row
@@ -111,18 +114,20 @@ def _build_table(tokenizer: Any) -> ByteTable | None:
     byte_length = np.full(size, _UNKNOWN, dtype=np.int64)
     leading = np.zeros(size, dtype=np.int64)
     trailing = np.zeros(size, dtype=np.int64)
-    space = "Ġ"  # the byte-level character for b" "
     for token, index in backend.get_vocab(with_added_tokens=False).items():
         if index < size and all(char in alphabet for char in token):
             byte_length[index] = len(token)
-            leading[index] = len(token) - len(token.lstrip(space))
-            trailing[index] = len(token) - len(token.rstrip(space))
+            leading[index] = len(token) - len(token.lstrip(_SPACE_CHAR))
+            trailing[index] = len(token) - len(token.rstrip(_SPACE_CHAR))
     for index, added in backend.get_added_tokens_decoder().items():
         content = added.content
         # Trimming counts whitespace characters; count only one-byte ones, refuse the others.
         lead = len(content) - len(content.lstrip(_ASCII_WHITESPACE))
         trail = len(content) - len(content.rstrip(_ASCII_WHITESPACE))
-        odd_edge = any(part[:1].isspace() for part in (content[lead:], content[::-1][trail:]))
+        odd_edge = any(
+            part[:1].isspace() or part[:1] == _SPACE_CHAR
+            for part in (content[lead:], content[::-1][trail:])
+        )
         usable = (
             index < size
             and not (added.lstrip or added.rstrip or added.single_word or odd_edge)
@@ -207,15 +212,7 @@ def encode_and_label(
     for position, row_ids, row_labels in zip(rest, rest_ids, rest_labels, strict=True):
         id_parts[position] = np.asarray(row_ids, dtype=np.int64)
         label_parts[position] = np.asarray(row_labels, dtype=np.int64)
-    return _joined(id_parts), _joined(label_parts), _row_offsets(id_parts)
-
-
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-def _row_offsets(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(([0], np.cumsum([len(part) for part in parts], dtype=np.int64)))
+    return np.concatenate(id_parts), np.concatenate(label_parts), row_offsets(id_parts)
 
 
 def _label_proven_rows(

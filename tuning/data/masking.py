@@ -186,7 +186,7 @@ def encode_with_spans(
     )
     if flat is None:
         id_rows, label_rows = offset_labels(tokenizer, texts, spans)
-        flat = _flatten(id_rows), _flatten(label_rows), _offsets_of(id_rows)
+        flat = _flatten(id_rows), _flatten(label_rows), row_offsets(id_rows)
     return _fit_batch(*flat, max_length, getattr(tokenizer, "bos_token_id", None))
 
 
@@ -194,7 +194,8 @@ def _flatten(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=sum(map(len, rows)))
 
 
-def _offsets_of(rows: Sequence[Sequence[int]]) -> np.ndarray:
+def row_offsets(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """Where each row starts in the rows laid end to end, plus where the last one ends."""
     return np.concatenate(([0], np.cumsum([len(row) for row in rows], dtype=np.int64)))
 
 
@@ -228,7 +229,7 @@ def _fit_batch(
     return EncodedBatch(
         np.concatenate(id_parts),
         np.concatenate(label_parts),
-        np.concatenate(([0], np.cumsum([len(part) for part in id_parts], dtype=np.int64))),
+        row_offsets(id_parts),
         trimmed_prompt,
         trimmed_response,
     )

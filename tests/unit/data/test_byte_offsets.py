@@ -90,6 +90,11 @@ def _llama3_style_split(backend):
     )
 
 
+def _trim_and_spaced_token(backend):
+    _trim(backend)
+    backend.add_tokens([AddedToken(" sep ", normalized=False, special=False)])
+
+
 def _unchanged(backend):
     pass
 
@@ -101,6 +106,7 @@ VARIANTS = {
     "NFC normalizer": _nfc,
     "lstrip/rstrip added token": _stripping_token,
     "added token with spaces": _spaced_token,
+    "trim_offsets and an added token with spaces": _trim_and_spaced_token,
     "digits pre-tokenizer": _digits,
     "Llama-3-style split pre-tokenizer": _llama3_style_split,
 }

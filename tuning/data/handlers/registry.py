@@ -367,22 +367,14 @@ def bind_dataset_chain(
 
     where = f"datasets[{index}]"
     steps: list[tuple[HandlerSpec, str]] = []
-    if spec.rename_columns is not None:
-        fn_kwargs = {"column_mapping": spec.rename_columns}
-        steps.append(
-            (
-                HandlerSpec(name="rename_columns", arguments=HandlerArguments(fn_kwargs=fn_kwargs)),
-                f"{where}.rename_columns",
-            )
-        )
-    if spec.retain_columns is not None:
-        fn_kwargs = {"column_names": spec.retain_columns}
-        steps.append(
-            (
-                HandlerSpec(name="select_columns", arguments=HandlerArguments(fn_kwargs=fn_kwargs)),
-                f"{where}.retain_columns",
-            )
-        )
+    for key, handler, argument in (
+        ("rename_columns", "rename_columns", "column_mapping"),
+        ("retain_columns", "select_columns", "column_names"),
+    ):
+        value = getattr(spec, key)
+        if value is not None:
+            arguments = HandlerArguments(fn_kwargs={argument: value})
+            steps.append((HandlerSpec(name=handler, arguments=arguments), f"{where}.{key}"))
     steps += [(h, f"{where}.data_handlers[{j}]") for j, h in enumerate(spec.data_handlers)]
     chain: list[BoundHandler] = []
     problems: list[str] = []
