@@ -36,6 +36,11 @@ Loc = tuple[str | int, ...]
 
 
 TEMPLATE_KEYS = ("chat_template", "chat_template_path", "chat_template_base64")
+# Older fms dataset-level keys -> the handler that does the same, and its argument
+OLDER_DATASET_KEYS = {
+    "rename_columns": ("rename_columns", "column_mapping"),
+    "retain_columns": ("select_columns", "column_names"),
+}
 logger = logging.getLogger(__name__)
 
 
@@ -144,12 +149,6 @@ class DatasetSpec(_Strict):
         "fms does), else kept in order. false: splits take contiguous rows.",
     )
 
-    def shuffled(self) -> bool:
-        """Whether the rows are shuffled: the explicit setting, else only for a real split."""
-        if self.shuffle is not None:
-            return self.shuffle
-        return self.split is not None and self.split.train < 1.0
-
     data_handlers: list[HandlerSpec] = Field(
         default_factory=list, description="Handlers applied in order."
     )
@@ -178,6 +177,12 @@ class DatasetSpec(_Strict):
                 f"{', '.join(SUPPORTED_BUILDERS)}, or remove it to detect the format"
             )
         return value
+
+    def shuffled(self) -> bool:
+        """Whether the rows are shuffled: the explicit setting, else only for a real split."""
+        if self.shuffle is not None:
+            return self.shuffle
+        return self.split is not None and self.split.train < 1.0
 
     def trains(self) -> bool:
         """Whether any of this dataset's rows go to training."""
@@ -517,9 +522,8 @@ def _move_top_level_chat_template(raw: dict[str, Any]) -> list[str]:
 
 def _notice_older_shapes(config: DataConfig) -> None:
     for i, spec in enumerate(config.datasets):
-        for key in ("rename_columns", "retain_columns"):
+        for key, (handler, _) in OLDER_DATASET_KEYS.items():
             if getattr(spec, key) is not None:
-                handler = "rename_columns" if key == "rename_columns" else "select_columns"
                 _notice_once(
                     f"Data config: `datasets[{i}].{key}` ({spec.name}) is the older "
                     f"fms-hf-tuning shape; it runs as a {handler} handler before the "

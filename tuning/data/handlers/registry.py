@@ -363,14 +363,11 @@ def bind_dataset_chain(
     The older dataset-level `rename_columns` / `retain_columns` keys run first, as the
     rename_columns and select_columns handlers, with their own key paths in messages.
     """
-    from tuning.data.config_schema import HandlerArguments, HandlerSpec
+    from tuning.data.config_schema import OLDER_DATASET_KEYS, HandlerArguments, HandlerSpec
 
     where = f"datasets[{index}]"
     steps: list[tuple[HandlerSpec, str]] = []
-    for key, handler, argument in (
-        ("rename_columns", "rename_columns", "column_mapping"),
-        ("retain_columns", "select_columns", "column_names"),
-    ):
+    for key, (handler, argument) in OLDER_DATASET_KEYS.items():
         value = getattr(spec, key)
         if value is not None:
             arguments = HandlerArguments(fn_kwargs={argument: value})
