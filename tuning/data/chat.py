@@ -223,11 +223,8 @@ def _spans_from_skeleton(
     except Exception:
         return None
     variant = [c.strip() for c in contents] if mode == "trim" else contents
-    rebuilt = _rebuild(skeleton, variant, [message.get("role") for message in messages])
-    if rebuilt is None:
-        return None
-    text, spans = rebuilt
-    return text, [(start, _extend_by(text, end, suffix)) for start, end in spans]
+    layout = _layout(skeleton, [message.get("role") for message in messages], suffix)
+    return None if layout is None else _place(layout, variant, suffix)
 
 
 _SEPARATOR = "\ue002"  # private-use: ends each conversation of a batch rendering
