@@ -38,7 +38,7 @@ def best_of(fn, repeats: int = 5) -> float:
 def main() -> int:
     from transformers import AutoTokenizer
 
-    from tuning.data.chat import assistant_spans, spans_by_prefix, special_tokens_of
+    from tuning.data.labels.chat import assistant_spans, spans_by_prefix, special_tokens_of
 
     tokenizer = AutoTokenizer.from_pretrained(str(REPO / "artifacts" / "tiny-llama"))
     template, special = tokenizer.chat_template, special_tokens_of(tokenizer)

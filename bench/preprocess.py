@@ -61,8 +61,8 @@ def long_rows(exchanges: int, count: int, seed: int = 0) -> list[dict]:
 
 
 def run_ours(dataset, tokenizer):
-    from tuning.data.config_schema import HandlerArguments
-    from tuning.data.handlers.registry import apply_handler, bind_handler
+    from tuning.data.config.schema import HandlerArguments
+    from tuning.data.handlers.apply import apply_handler, bind_handler
     from tuning.data.pipeline import handler_context
 
     bound = bind_handler(

@@ -54,7 +54,7 @@ def preflight(job: JobConfig) -> None:
         if value and _looks_local(value) and not Path(value).exists():
             problems.append(f"--{flag} {value!r} does not exist.")
     if job.data.data_config_path and not problems:
-        from tuning.data.config_schema import load_data_config
+        from tuning.data.config.load import load_data_config
 
         streaming = load_data_config(job.data.data_config_path).dataprocessor.streaming
         if streaming and int(job.hf_training.get("max_steps", -1)) <= 0:

@@ -13,17 +13,13 @@ import logging
 from typing import Any
 
 from tuning.config.schema import DataArgs
-from tuning.data.config_schema import DatasetSpec, HandlerArguments
-from tuning.data.handlers.registry import (
-    STAT_COLUMNS,
-    TRIMMED_PROMPT,
-    TRIMMED_RESPONSE,
-    BoundHandler,
-    bind_handler,
-    column_names,
-)
-from tuning.data.legacy import handlers_for, pick_mode
-from tuning.data.masking import IGNORE_INDEX, fit_to_length
+from tuning.data.config.schema import DatasetSpec, HandlerArguments
+from tuning.data.from_flags import handlers_for, pick_mode
+from tuning.data.handlers.apply import column_names
+from tuning.data.handlers.binding import BoundHandler, bind_handler
+from tuning.data.handlers.registry import STAT_COLUMNS, TRIMMED_PROMPT, TRIMMED_RESPONSE
+from tuning.data.labels.base import IGNORE_INDEX
+from tuning.data.labels.masking import fit_to_length
 from tuning.data.report import DatasetReport, fill_counts, row_stats, row_stats_from_rows
 from tuning.errors import DataError
 

@@ -1,7 +1,7 @@
 """Load → handlers → tokens and labels → drop zero-label rows → split → mix.
 
 One path serves every job: a flag-only job is first turned into an equivalent in-memory data
-config (tuning/data/legacy.py). Every handler name and argument is validated before any data is
+config (tuning/data/from_flags.py). Every handler name and argument is validated before any data is
 read. What comes out is a train and an eval dataset of `input_ids` + `labels`, and a DataReport
 describing exactly what the model will see.
 """
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuning.config.schema import DataArgs
-from tuning.data.config_schema import DataConfig, DatasetSpec, load_data_config
+from tuning.data.config.load import load_data_config
+from tuning.data.config.schema import DataConfig, DatasetSpec
 from tuning.data.finish import (
     CHAT_MASKING,
     drop_zero_labels,
@@ -27,15 +28,10 @@ from tuning.data.finish import (
     normalise,
     stream_checks,
 )
-from tuning.data.handlers.registry import (
-    STAT_COLUMNS,
-    BoundHandler,
-    HandlerContext,
-    apply_chain,
-    bind_dataset_chain,
-    column_names,
-)
-from tuning.data.legacy import flag_problems, legacy_data_config
+from tuning.data.from_flags import flag_problems, legacy_data_config
+from tuning.data.handlers.apply import apply_chain, column_names
+from tuning.data.handlers.binding import BoundHandler, bind_dataset_chain
+from tuning.data.handlers.registry import STAT_COLUMNS, HandlerContext
 from tuning.data.report import (
     AuditResult,
     DataReport,
@@ -137,7 +133,7 @@ def _bos_text(tokenizer: Any) -> str:
 def handler_context(
     tokenizer: Any, max_seq_length: int, chat_template: str | None, name: str
 ) -> Any:
-    from tuning.data.chat import special_tokens_of
+    from tuning.data.labels.chat import special_tokens_of
 
     return HandlerContext(
         tokenizer=tokenizer,

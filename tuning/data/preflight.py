@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from tuning.config.schema import DataArgs
-from tuning.data.config_schema import DataConfig, DatasetSpec, load_data_config
-from tuning.data.handlers.registry import BoundHandler, bind_dataset_chain
-from tuning.data.legacy import (
+from tuning.data.config.load import load_data_config
+from tuning.data.config.schema import DataConfig, DatasetSpec
+from tuning.data.from_flags import (
     CHAT,
     CHAT_TEXT,
     DEFAULT_CONVERSATION,
@@ -26,6 +26,7 @@ from tuning.data.legacy import (
     flag_problems,
     pick_mode,
 )
+from tuning.data.handlers.binding import BoundHandler, bind_dataset_chain
 from tuning.data.sources import detect_builder, peek_rows, resolve_data_paths
 from tuning.errors import UserError, did_you_mean
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuning.data.handlers.registry import TRIMMED_PROMPT, TRIMMED_RESPONSE
-from tuning.data.masking import IGNORE_INDEX
+from tuning.data.labels.base import IGNORE_INDEX
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -232,7 +232,7 @@ def audit_chat_masks(
     """
     from tuning.data.handlers.text import rows_of_columns
     from tuning.data.handlers.tokenize import chat_texts_and_spans
-    from tuning.data.masking import encode_with_spans
+    from tuning.data.labels.masking import encode_with_spans
 
     result = AuditResult()
     if not rows:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning.config.job import JobConfig
-from tuning.data.masking import require_fast_tokenizer
+from tuning.data.labels.masking import require_fast_tokenizer
 from tuning.errors import ConfigError, UserError
 from tuning.models.attention import choose_attention
 

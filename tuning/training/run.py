@@ -29,8 +29,8 @@ def _check_steps(job: JobConfig, data: Any) -> None:
 
 
 def train(job: JobConfig, tokenizer: Any, data: Any, max_length: int) -> None:
-    from tuning.data.collators import check_padding_free
     from tuning.models.loading import apply_peft, load_model
+    from tuning.training.collators import check_padding_free
     from tuning.training.resume import resolve_resume
     from tuning.training.saving import save_final_model
     from tuning.training.trainer import build_trainer

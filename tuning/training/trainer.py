@@ -11,9 +11,9 @@ from typing import Any
 
 from tuning.config.job import JobConfig
 from tuning.config.schema import hf_training_fields
-from tuning.data.collators import build_collator
 from tuning.errors import ConfigError, MissingExtraError
-from tuning.training.logs import FileLoggerCallback
+from tuning.trackers.file_logger import FileLoggerCallback
+from tuning.training.collators import build_collator
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tuning import docs_gen
+from tuning.tools import docs_gen
 from tuning.config.schema import all_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -115,7 +115,7 @@ def test_unknown_doc_name_is_refused(tmp_path):
 
 @pytest.mark.parametrize("doc", ["docs/flags.md", "docs/data-config.md", "docs/handlers.md"])
 def test_every_generated_doc_matches_the_code(doc):
-    from tuning.docs_gen import REPO_ROOT, generated_docs
+    from tuning.tools.docs_gen import REPO_ROOT, generated_docs
 
     render = generated_docs()[doc]
     on_disk = (REPO_ROOT / doc).read_text()

@@ -9,8 +9,9 @@ import pytest
 from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from tuning.data.byte_offsets import byte_table, encode_and_label
-from tuning.data.masking import IGNORE_INDEX, encode_with_spans, offset_labels
+from tuning.data.labels.base import IGNORE_INDEX
+from tuning.data.labels.byte_offsets import byte_table, encode_and_label
+from tuning.data.labels.masking import encode_with_spans, offset_labels
 
 PIECES = [
     "Hello", " world", "\n", "  ", "<|end|>", "<|assistant|>", "é", "日本語", " 🙂", "\t", "x",

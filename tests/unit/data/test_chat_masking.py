@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from tuning.data.chat import assistant_spans, spans_by_prefix, special_tokens_of
-from tuning.data.config_schema import HandlerArguments
+from tuning.data.config.schema import HandlerArguments
 from tuning.data.handlers import HandlerContext, apply_handler, bind_handler
 from tuning.data.handlers.registry import TRIMMED_PROMPT
-from tuning.data.masking import IGNORE_INDEX
+from tuning.data.labels.base import IGNORE_INDEX
+from tuning.data.labels.chat import assistant_spans, spans_by_prefix, special_tokens_of
 from tuning.data.report import audit_chat_masks
 from tuning.errors import ConfigError, DataError
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tuning.data import chat
+from tuning.data.labels import chat
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>"}
 TINY = (

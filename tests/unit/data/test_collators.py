@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuning.data.collators import build_collator, check_padding_free
 from tuning.errors import ConfigError
+from tuning.training.collators import build_collator, check_padding_free
 
 EXAMPLES = [
     {"input_ids": [1, 10, 11, 12, 13, 14], "labels": [-100, -100, 11, 12, 13, 14]},

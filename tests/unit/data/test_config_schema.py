@@ -1,4 +1,4 @@
-"""Tests for tuning/data/config_schema.py.
+"""Tests for tuning/data/config/schema.py.
 
 Why: fms-hf-tuning ignores unknown data-config keys and fails late with asserts; we must accept
 every shape fms ships, resolve paths against the config file, and refuse mistakes up front with
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tuning.data.config_schema import (
+from tuning.data.config.load import load_data_config
+from tuning.data.config.schema import (
     DataConfig,
     DatasetSpec,
     HandlerArguments,
     SplitSpec,
-    dump_schema_markdown,
-    load_data_config,
 )
 from tuning.errors import ConfigError
+from tuning.tools.data_docs import dump_schema_markdown
 
 TEMPLATE = (
     "{%- for message in messages %}\n"
@@ -282,7 +282,7 @@ def test_top_level_chat_template_is_the_older_shape_of_dataprocessor_chat_templa
 
 
 def test_dataset_level_rename_and_retain_run_first_with_their_own_key_paths(tmp_path) -> None:
-    from tuning.data.handlers.registry import bind_dataset_chain
+    from tuning.data.handlers.binding import bind_dataset_chain
 
     spec = DatasetSpec(
         name="d",

@@ -15,8 +15,7 @@ import pytest
 from datasets import Dataset
 from pydantic import Field
 
-from tuning.data.chat import special_tokens_of
-from tuning.data.config_schema import HandlerArguments, HandlerSpec
+from tuning.data.config.schema import HandlerArguments, HandlerSpec
 from tuning.data.handlers import (
     HandlerArgs,
     HandlerContext,
@@ -26,11 +25,13 @@ from tuning.data.handlers import (
     bind_handler,
     register_handler,
     registry,
-    render_handlers_markdown,
     resolve_handler,
 )
-from tuning.data.masking import IGNORE_INDEX
+from tuning.data.handlers import apply as handler_apply
+from tuning.data.labels.base import IGNORE_INDEX
+from tuning.data.labels.chat import special_tokens_of
 from tuning.errors import ConfigError, DataError
+from tuning.tools.data_docs import render_handlers_markdown
 
 X = IGNORE_INDEX
 EOS = 2
@@ -400,8 +401,8 @@ def test_missing_required_argument():
     ],
 )
 def test_deprecated_names_work_with_one_notice(old, new, caplog, monkeypatch):
-    monkeypatch.setattr(registry, "_WARNED", set())
-    with caplog.at_level(logging.WARNING, logger="tuning.data.handlers.registry"):
+    monkeypatch.setattr(registry.HANDLERS, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="tuning.registry"):
         assert resolve_handler(old).name == new
         assert resolve_handler(old).name == new
     notices = [r for r in caplog.records if "deprecated" in r.getMessage()]
@@ -470,7 +471,7 @@ def user_module(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "my_handlers_mod"
     for name in ("shout_test",):
-        registry._REGISTRY.pop(name, None)
+        registry.HANDLERS._entries.pop(name, None)
 
 
 def test_user_handler_by_import_path(tiny_tokenizer, user_module):
@@ -500,7 +501,7 @@ def test_user_handler_with_an_arguments_attribute(tiny_tokenizer, user_module):
     [
         ("my_handlers_mod:plain", "not a data handler"),
         ("my_handlers_mod:loose", "must forbid unknown keys"),
-        ("my_handlers_mod:nope", "has no function 'nope'"),
+        ("my_handlers_mod:nope", "module 'my_handlers_mod' has no 'nope'"),
         ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
     ],
 )
@@ -541,29 +542,30 @@ def test_a_taken_handler_name_is_refused():
 
 
 def test_builtin_handler_cache_key_covers_the_helpers_it_calls(tmp_path, monkeypatch):
-    from tuning.data.handlers import registry
-
     (tmp_path / "pkg").mkdir()
     helper = tmp_path / "pkg" / "masking.py"
     helper.write_text("RULE = 1\n")
-    before = registry.source_digest(tmp_path)
+    before = handler_apply.source_digest(tmp_path)
     helper.write_text("RULE = 2\n")
-    registry.source_digest.cache_clear()
-    assert registry.source_digest(tmp_path) != before
+    handler_apply.source_digest.cache_clear()
+    assert handler_apply.source_digest(tmp_path) != before
 
     def user_handler(batch, args, ctx):
         return batch
 
     builtin = registry.resolve_handler("tokenize_and_apply_chat_template_with_masking").fn
     library = {"digest": "as released"}
-    monkeypatch.setattr(registry, "source_digest", lambda folder: library["digest"])
-    registry._code_digest.cache_clear()
-    first, user_first = registry._code_digest(builtin), registry._code_digest(user_handler)
-    registry._code_digest.cache_clear()
+    monkeypatch.setattr(handler_apply, "source_digest", lambda folder: library["digest"])
+    handler_apply._code_digest.cache_clear()
+    first, user_first = (
+        handler_apply._code_digest(builtin),
+        handler_apply._code_digest(user_handler),
+    )
+    handler_apply._code_digest.cache_clear()
     library["digest"] = "a helper was edited"
-    assert registry._code_digest(builtin) != first  # stale prepared data is never served
-    assert registry._code_digest(user_handler) == user_first  # user code: its own source only
-    registry._code_digest.cache_clear()
+    assert handler_apply._code_digest(builtin) != first  # stale prepared data is never served
+    assert handler_apply._code_digest(user_handler) == user_first  # user code: its own source only
+    handler_apply._code_digest.cache_clear()
 
 
 def test_arrow_output_has_the_same_columns_and_types_as_datasets_own_writing(tiny_tokenizer):
@@ -590,11 +592,11 @@ def test_call_returns_arrow_only_when_the_output_replaces_every_kept_column(tiny
         return {"text": ["x"]}
 
     ctx = ctx_for(tiny_tokenizer)
-    assert isinstance(registry._call({}, tokenized, None, ctx, _kept=()), pa.Table)
-    assert isinstance(registry._call({}, tokenized, None, ctx, _kept=("labels",)), pa.Table)
-    assert isinstance(registry._call({}, tokenized, None, ctx, _kept=("text",)), dict)
-    assert isinstance(registry._call({}, tokenized, None, ctx), dict)  # streaming: never
-    assert isinstance(registry._call({}, other, None, ctx, _kept=()), dict)
+    assert isinstance(handler_apply._call({}, tokenized, None, ctx, _kept=()), pa.Table)
+    assert isinstance(handler_apply._call({}, tokenized, None, ctx, _kept=("labels",)), pa.Table)
+    assert isinstance(handler_apply._call({}, tokenized, None, ctx, _kept=("text",)), dict)
+    assert isinstance(handler_apply._call({}, tokenized, None, ctx), dict)  # streaming: never
+    assert isinstance(handler_apply._call({}, other, None, ctx, _kept=()), dict)
 
 
 def test_arrow_output_across_worker_processes(tiny_tokenizer):

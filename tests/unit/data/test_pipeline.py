@@ -20,7 +20,7 @@ import pytest
 from datasets import Dataset, DatasetDict, IterableDataset
 
 from tuning.config.schema import DataArgs
-from tuning.data.masking import IGNORE_INDEX
+from tuning.data.labels.base import IGNORE_INDEX
 from tuning.data.pipeline import prepare_datasets
 from tuning.errors import ConfigError, DataError
 

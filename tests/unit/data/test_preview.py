@@ -1,4 +1,4 @@
-"""Tests for tuning/preview.py: what the model will train on, shown before training.
+"""Tests for tuning/tools/preview.py: what the model will train on, shown before training.
 
 Why: the preview is how a user checks a loss mask by eye; the highlighted part must be exactly
 the trained tokens, the HTML must be escaped (chat text is full of `<...>`), and it must load
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tuning import preview
-from tuning.data.masking import IGNORE_INDEX
+from tuning.tools import preview
+from tuning.data.labels.base import IGNORE_INDEX
 
 X = IGNORE_INDEX
 REPO = Path(__file__).resolve().parents[3]

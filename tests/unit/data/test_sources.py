@@ -411,7 +411,7 @@ def test_peek_does_not_import_datasets_or_torch(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from tuning.data import config_schema, sources\n"
+        "from tuning.data.config import load, schema\nfrom tuning.data import sources\n"
         f"paths = sources.resolve_data_paths([{str(path)!r}], field='f')\n"
         "rows = sources.peek_rows(paths, sources.detect_builder(paths, None))\n"
         "assert rows, rows\n"

@@ -1,24 +1,19 @@
 """Data handlers: the registry and the built-in handlers (fms-hf-tuning's names and arguments).
 
-Importing this package is cheap (no torch, transformers or datasets), so preflight can resolve
+Importing this package is cheap (no torch, transformers or datasets), so planning can resolve
 and validate handler names before anything heavy loads.
 """
 
+from tuning.data.handlers.apply import apply_chain, apply_handler, apply_handler_spec
+from tuning.data.handlers.binding import BoundHandler, bind_handler, validate_fn_kwargs
 from tuning.data.handlers.registry import (
     STAT_COLUMNS,
-    BoundHandler,
     HandlerArgs,
     HandlerContext,
     HandlerInfo,
-    apply_chain,
-    apply_handler,
-    apply_handler_spec,
     available_handlers,
-    bind_handler,
     register_handler,
-    render_handlers_markdown,
     resolve_handler,
-    validate_fn_kwargs,
 )
 
 __all__ = [
@@ -33,7 +28,6 @@ __all__ = [
     "available_handlers",
     "bind_handler",
     "register_handler",
-    "render_handlers_markdown",
     "resolve_handler",
     "validate_fn_kwargs",
 ]

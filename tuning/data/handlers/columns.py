@@ -6,11 +6,11 @@ from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator
 
+from tuning.data.handlers.apply import column_names
 from tuning.data.handlers.registry import (
     STAT_COLUMNS,
     HandlerArgs,
     HandlerContext,
-    column_names,
     register_handler,
 )
 from tuning.errors import DataError, did_you_mean

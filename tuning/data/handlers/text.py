@@ -193,7 +193,7 @@ def apply_tokenizer_chat_template(
 
     The template is the data config's, else --chat_template, else the tokenizer's.
     """
-    from tuning.data.chat import render
+    from tuning.data.labels.chat import render
 
     template = require_chat_template(ctx)
     texts = []

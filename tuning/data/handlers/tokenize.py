@@ -12,12 +12,12 @@ from typing import Any
 
 from pydantic import AliasChoices, Field
 
+from tuning.data.handlers.apply import arrow_output_allowed
 from tuning.data.handlers.registry import (
     TRIMMED_PROMPT,
     TRIMMED_RESPONSE,
     HandlerArgs,
     HandlerContext,
-    arrow_output_allowed,
     register_handler,
 )
 from tuning.data.handlers.text import (
@@ -26,7 +26,8 @@ from tuning.data.handlers.text import (
     rows_of,
     template_extras,
 )
-from tuning.data.masking import Span, completion_spans, encode_with_spans, require_fast_tokenizer
+from tuning.data.labels.base import Span, require_fast_tokenizer
+from tuning.data.labels.masking import completion_spans, encode_with_spans
 from tuning.errors import DataError, did_you_mean
 
 TOKENIZED = ["input_ids", "labels", TRIMMED_PROMPT, TRIMMED_RESPONSE]
@@ -245,7 +246,7 @@ def chat_texts_and_spans(
     batch: dict[str, list[Any]], column: str, ctx: HandlerContext, *, method: str = "primary"
 ) -> tuple[list[str], list[list[Span]]]:
     """Render every conversation of a batch and find its assistant spans."""
-    from tuning.data.chat import assistant_spans, assistant_spans_batch, spans_by_prefix
+    from tuning.data.labels.chat import assistant_spans, assistant_spans_batch, spans_by_prefix
 
     template = require_chat_template(ctx)
     find = assistant_spans if method == "primary" else spans_by_prefix

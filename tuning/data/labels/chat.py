@@ -19,7 +19,7 @@ from functools import lru_cache
 from itertools import pairwise
 from typing import Any
 
-from tuning.data.masking import Span
+from tuning.data.labels.base import Span
 
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _MARKER = "\ue000{}\ue001"  # private-use characters: never in real data, never rewritten

@@ -1,13 +1,13 @@
-"""See what the model will train on before training: `python -m tuning.preview`.
+"""See what the model will train on before training: `python -m tuning.tools.preview`.
 
 Loads only the tokenizer (no model weights), runs the same data pipeline as training and prints,
 per dataset, a few samples with the trained tokens highlighted, the token-length summary, the
 truncation and zero-label counts and the mixture. `--html FILE` writes the same as one
 standalone page.
 
-    python -m tuning.preview --data_config data_configs/chat_assistant_only.yaml \\
+    python -m tuning.tools.preview --data_config data_configs/chat_assistant_only.yaml \\
         --tokenizer artifacts/tiny-llama -n 3
-    python -m tuning.preview --training_data_path data.jsonl --dataset_text_field output \\
+    python -m tuning.tools.preview --training_data_path data.jsonl --dataset_text_field output \\
         --response_template '\\n### Response:' --tokenizer artifacts/tiny-llama
 """
 
@@ -190,7 +190,7 @@ def render_html(previews: list[DatasetPreview], mixture: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tuning.preview",
+        prog="python -m tuning.tools.preview",
         description="Show what the model will train on: samples with trained tokens "
         "highlighted, lengths, truncation, zero-label counts and the mixture.",
     )

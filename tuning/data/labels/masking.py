@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = -100
-Span = tuple[int, int]
+from tuning.data.labels.base import IGNORE_INDEX, Span, row_offsets
 
 
 @dataclass(frozen=True)
@@ -33,18 +32,6 @@ class Encoded:
     @property
     def trained_tokens(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
-
-
-def require_fast_tokenizer(tokenizer: Any) -> None:
-    """Offsets need a fast (Rust) tokenizer; say so instead of masking wrongly."""
-    from tuning.errors import ConfigError
-
-    if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError(
-            f"The tokenizer {type(tokenizer).__name__} is not a fast tokenizer, so character "
-            "offsets (used to build exact loss masks) are unavailable. Use a tokenizer with a "
-            "tokenizer.json (PreTrainedTokenizerFast)."
-        )
 
 
 def _trained_indices(offsets: Sequence[Sequence[int]], spans: Sequence[Span]):
@@ -179,7 +166,7 @@ def encode_with_spans(
     tracking); any other tokenizer labels from its offset_mapping. Rows longer than max_length
     are fitted by `fit_to_length`.
     """
-    from tuning.data.byte_offsets import encode_and_label
+    from tuning.data.labels.byte_offsets import encode_and_label
 
     flat = encode_and_label(
         tokenizer, texts, spans, lambda rest, rest_spans: offset_labels(tokenizer, rest, rest_spans)
@@ -192,11 +179,6 @@ def encode_with_spans(
 
 def _flatten(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=sum(map(len, rows)))
-
-
-def row_offsets(rows: Sequence[Sequence[int]]) -> np.ndarray:
-    """Where each row starts in the rows laid end to end, plus where the last one ends."""
-    return np.concatenate(([0], np.cumsum([len(row) for row in rows], dtype=np.int64)))
 
 
 def _fit_batch(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning.config.schema import DataArgs
-from tuning.data.config_schema import (
+from tuning.data.config.schema import (
     DataConfig,
     DataProcessorSpec,
     DatasetSpec,

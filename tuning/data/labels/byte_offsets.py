@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tuning.data.masking import IGNORE_INDEX, row_offsets
+from tuning.data.labels.base import IGNORE_INDEX, row_offsets
 
 _UNKNOWN = -(10**9)  # a byte length no row can add up to: forces the offsets path
 # Normalizers that leave ASCII text unchanged: the shortcut is then used for ASCII batches only.
