@@ -45,10 +45,11 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 docs: setup
-	$(BIN)/python -m tuning.docs_gen
+	$(BIN)/python -m tuning.tools.docs_gen
 
 bench: setup artifacts
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/fail_fast.py
 
 clean:
 	rm -rf $(VENV) artifacts demo_output

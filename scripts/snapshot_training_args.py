@@ -12,6 +12,7 @@ import enum
 import json
 import re
 import sys
+import typing
 from pathlib import Path
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "tuning" / "config" / "hf_training_args.json"
@@ -48,10 +49,22 @@ def jsonable(value: object) -> object:
     return str(value)
 
 
+def choices_of(annotation: object) -> list[object] | None:
+    """The values of the enum inside an annotation (SchedulerType, OptimizerNames, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return [member.value for member in annotation]
+    for arg in typing.get_args(annotation):
+        found = choices_of(arg)
+        if found:
+            return found
+    return None
+
+
 def snapshot() -> dict[str, dict]:
     from transformers import TrainingArguments
 
     fields = {}
+    hints = typing.get_type_hints(TrainingArguments)
     for field in dataclasses.fields(TrainingArguments):
         if field.name in OWNED_ELSEWHERE or not field.init or field.name.startswith("_"):
             continue
@@ -64,6 +77,9 @@ def snapshot() -> dict[str, dict]:
             "default": jsonable(None if default is dataclasses.MISSING else default),
             "help": help_text,
         }
+        choices = choices_of(hints.get(field.name))
+        if choices and "list" not in str(field.type):  # a list of options takes several
+            fields[field.name]["choices"] = choices
     return fields
 
 

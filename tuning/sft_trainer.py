@@ -1,4 +1,4 @@
-"""tuneforge's entry point: parse -> validate -> preflight -> train -> save.
+"""tuneforge's entry point: load the job -> build the plan -> execute it.
 
 Runs as `python tuning/sft_trainer.py`, `python -m tuning.sft_trainer` or under
 `accelerate launch -m tuning.sft_trainer`. Exit codes: 0 success, 1 user error, 203 internal.
@@ -12,103 +12,27 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python tuning/sft_trainer.py`: import the package, not siblings
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import json
 import logging
-import os
 import traceback
 from collections.abc import Sequence
 
-from tuning.config.job import JobConfig, build_job_config, cross_checks
+from tuning.config.job import JobConfig, build_job_config
 from tuning.config.parse import collect_values
 from tuning.errors import (
     INTERNAL_ERROR_EXIT_CODE,
-    ConfigError,
     TuneforgeError,
     UserError,
     write_termination_log,
 )
+from tuning.plan import build_plan
+from tuning.run import execute
 
 logger = logging.getLogger("tuning")
-RESOLVED_CONFIG_NAME = "tuneforge_config.json"
 
 
 def load_job(argv: Sequence[str]) -> JobConfig:
-    """Flags and/or JSON job -> a JobConfig whose values have the right types (no torch yet)."""
-    return build_job_config(collect_values(argv), check_combinations=False)
-
-
-def preflight(job: JobConfig) -> None:
-    """Check flag combinations, data, paths and templates before any weights load.
-
-    Every problem found is reported in one message.
-    """
-    from tuning.data.preflight import preflight_data
-
-    problems = cross_checks(job) + list(preflight_data(job.data))
-    if job.acceleration.quantization_method == "mxfp4" and job.model.model_name_or_path:
-        from tuning.models.loading import mxfp4_problem
-
-        problems += [p for p in [mxfp4_problem(job.model.model_name_or_path)] if p]
-    for flag in ("model_name_or_path", "tokenizer_name_or_path"):
-        value = getattr(job.model, flag)
-        if value and _looks_local(value) and not Path(value).exists():
-            problems.append(f"--{flag} {value!r} does not exist.")
-    if job.data.data_config_path and not problems:
-        from tuning.data.config.load import load_data_config
-
-        streaming = load_data_config(job.data.data_config_path).dataprocessor.streaming
-        if streaming and int(job.hf_training.get("max_steps", -1)) <= 0:
-            problems.append(
-                "The data config streams its data (streaming: true), so the number of steps "
-                "cannot be known in advance: set --max_steps."
-            )
-        if streaming and job.training.packing:
-            problems.append(
-                "--packing needs the whole dataset to pack it best-fit; it cannot pack a stream "
-                "(streaming: true). Use --padding_free huggingface instead, or drop streaming."
-            )
-    if problems:
-        raise ConfigError(
-            f"Preflight found {len(problems)} problem(s): "
-            + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-        )
-
-
-def _looks_local(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1"
-
-
-def save_resolved_config(job: JobConfig) -> None:
-    """Record what actually ran (secrets redacted) next to the checkpoints."""
-    out = Path(job.training.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{RESOLVED_CONFIG_NAME}.tmp"
-    tmp.write_text(json.dumps(job.resolved(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / RESOLVED_CONFIG_NAME)
-
-
-def run(job: JobConfig) -> None:
-    """Load tokenizer and data, then model; train; save."""
-    from tuning.data.pipeline import prepare_datasets
-    from tuning.models.loading import effective_max_length, load_tokenizer
-    from tuning.training.run import save_processed_data, train
-
-    tokenizer = load_tokenizer(job)
-    max_length = effective_max_length(job, tokenizer)
-    seed = int(job.hf_training.get("seed", 42))
-    data = prepare_datasets(
-        job.data,
-        tokenizer,
-        max_length,
-        seed=seed,
-        streaming_ok=not job.data.do_dataprocessing_only,
-        cache_dir=job.training.cache_dir,
-    )
-    save_resolved_config(job)
-    if job.data.do_dataprocessing_only:
-        save_processed_data(job, data)
-        return
-    train(job, tokenizer, data, max_length)
+    """Flags and/or a JSON/YAML job -> a JobConfig whose values have the right types."""
+    return build_job_config(collect_values(argv))
 
 
 def _configure_logging(job: JobConfig | None) -> None:
@@ -147,10 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         job = load_job(argv)
         _configure_logging(job)
-        for notice in job.notices:
+        plan = build_plan(job)
+        for notice in plan.notices:
             logger.warning(notice)
-        preflight(job)
-        run(job)
+        execute(plan)
     except UserError as exc:
         return _fail(exc, exc.exit_code, _debug(argv, job))
     except TuneforgeError as exc:

@@ -5,10 +5,10 @@ Cross-flag rules live here so every problem is reported together, before anythin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
@@ -24,9 +24,15 @@ from tuning.config.schema import (
     all_flags,
 )
 from tuning.errors import ConfigError
+from tuning.problems import Loc, dotted, numbered, translate
 
-_SECRET_WORDS = ("token", "password", "secret", "api_key", "apikey", "credential")
-_UNBUILT_PLUGINS = ("auto_gptq", "bnb_qlora", "fused_lora", "fast_kernels", "multipack", "fast_moe")
+# Keys whose values are credentials. Only these are redacted: a resolved config must stay a
+# job that can be fed back (tokenizer_name_or_path or num_virtual_tokens are not secrets).
+SECRET_KEYS = frozenset({"hub_token", "hub_private_token"})
+_SECRET_SUFFIXES = ("_api_key", "_apikey", "_password", "_secret", "_access_token")
+_URL_SECRETS = frozenset(
+    {"token", "access_token", "api_key", "apikey", "key", "password", "secret"}
+)
 
 
 @dataclass(frozen=True)
@@ -57,74 +63,36 @@ class JobConfig:
 
 
 def _redact(key: str, value: Any) -> Any:
-    if value is not None and any(word in key.lower() for word in _SECRET_WORDS):
+    """Hide credentials, never ordinary settings (tokenizer_name_or_path stays readable)."""
+    if value is None:
+        return None
+    if key in SECRET_KEYS or key.endswith(_SECRET_SUFFIXES):
         return "***"
+    if isinstance(value, str) and "://" in value:
+        return _redact_url(value)
     return value
 
 
-def _section_problems(exc: ValidationError) -> list[str]:
-    problems = []
-    for error in exc.errors():
-        name = ".".join(str(part) for part in error["loc"])
-        problems.append(f"--{name}: {error['msg']} (got {error.get('input')!r}).")
-    return problems
+def _redact_url(url: str) -> str:
+    """A password in the user part, or a credential in the query, of a URL."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = "&".join(
+        f"{name}=***" if name.lower() in _URL_SECRETS else f"{name}={value}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def cross_checks(job: JobConfig) -> list[str]:
-    """Flag combinations that cannot work together (the data layer checks its own flags)."""
-    m, d, t, p, a, tr = job.model, job.data, job.training, job.peft, job.acceleration, job.tracking
-    hf = job.hf_training
-    problems: list[str] = []
-    if not m.model_name_or_path:
-        problems.append("--model_name_or_path is required: the base model folder to tune.")
-    if not t.output_dir:
-        problems.append("--output_dir is required: where checkpoints and logs go.")
-    if d.dataset_image_field:
-        problems.append("--dataset_image_field: vision-language tuning is not built yet.")
-    if p.peft_method == "alora":
-        problems.append(
-            "--peft_method alora is not built in tuneforge yet; use --peft_method lora."
-        )
-    for plugin in _UNBUILT_PLUGINS:
-        if getattr(a, plugin):
-            problems.append(
-                f"--{plugin} is an fms acceleration-plugin flag that tuneforge does not build "
-                "yet; remove it (the run would otherwise silently differ from what you asked)."
-            )
-    if a.trainer_controller_config_file:
-        problems.append(
-            "--trainer_controller_config_file (fms trainer controller) is not built in "
-            "tuneforge yet; remove it."
-        )
-    if t.packing and job.padding_free:
-        problems.append("--packing already packs padding-free; drop --padding_free.")
-    if "warmup_steps" in hf and t.warmup_ratio is not None:
-        problems.append("--warmup_ratio and --warmup_steps are both set; keep one.")
-    if tr.exp_metadata is not None:
-        try:
-            if not isinstance(json.loads(tr.exp_metadata), dict):
-                raise ValueError
-        except ValueError:
-            problems.append(
-                f'--exp_metadata must be a JSON object string like \'{{"key": "value"}}\', '
-                f"got {tr.exp_metadata!r}."
-            )
-    strategy = hf.get("eval_strategy", "no")
-    if strategy not in ("no", None) and not (d.validation_data_path or d.data_config_path):
-        problems.append(
-            f"--eval_strategy {strategy} needs evaluation data: add --validation_data_path."
-        )
-    if t.save_strategy == "steps" and float(hf.get("save_steps", 500)) <= 0:
-        problems.append("--save_steps must be positive with --save_strategy steps.")
-    return problems
+def _flag_path(loc: Loc) -> str:
+    return f"--{dotted(loc)}"
 
 
-def build_job_config(values: Mapping[str, Any], *, check_combinations: bool = True) -> JobConfig:
-    """Validate parsed values into a JobConfig, reporting every problem in one ConfigError.
-
-    With check_combinations=False only types and values are checked; the caller then reports
-    cross_checks(job) together with its own checks (the entry point adds data preflight).
-    """
+def build_job_config(values: Mapping[str, Any]) -> JobConfig:
+    """Validate parsed values into a JobConfig (types and value ranges of each flag), reporting
+    every problem in one ConfigError. Combinations are the plan's job (tuning/plan.py)."""
     flags = all_flags()
     by_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     hf_training: dict[str, Any] = {}
@@ -148,7 +116,7 @@ def build_job_config(values: Mapping[str, Any], *, check_combinations: bool = Tr
         try:
             sections[name] = model(**by_section[name])
         except ValidationError as exc:
-            problems.extend(_section_problems(exc))
+            problems.extend(translate(exc, model, by_section[name], path=_flag_path))
             sections[name] = model.model_construct(**by_section[name])
     job = JobConfig(
         **sections,
@@ -156,11 +124,6 @@ def build_job_config(values: Mapping[str, Any], *, check_combinations: bool = Tr
         explicitly_set=frozenset(values),
         notices=tuple(notices),
     )
-    if not problems and check_combinations:
-        problems = cross_checks(job)
     if problems:
-        raise ConfigError(
-            f"The configuration has {len(problems)} problem(s): "
-            + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-        )
+        raise ConfigError(numbered("The configuration", problems))
     return job

@@ -118,7 +118,8 @@ def convert_value(spec: FlagSpec, value: Any) -> Any:
         lowered = {str(c).lower(): c for c in spec.choices}
         if isinstance(converted, str) and converted.lower() in lowered:
             return lowered[converted.lower()]
-        raise ValueError(f"expected one of {', '.join(map(str, spec.choices))}")
+        hint = did_you_mean(str(converted), [str(c) for c in spec.choices])
+        raise ValueError(f"expected one of {', '.join(map(str, spec.choices))}.{hint}")
     return converted
 
 
@@ -147,7 +148,8 @@ class _Collector:
         try:
             self.values[canonical] = convert_value(spec, raw)
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
-            self.problems.append(f"{shown} '{spelled}' got {raw!r}: {exc}.")
+            end = "" if str(exc).endswith((".", "?")) else "."
+            self.problems.append(f"{shown} '{spelled}' got {raw!r}: {exc}{end}")
             return
         self.given_as[canonical] = spelled
 

@@ -368,7 +368,10 @@ def all_flags() -> dict[str, FlagSpec]:
             )
     for name, info in hf_training_fields().items():
         if name not in flags:
-            flags[name] = FlagSpec(name, "hf", info["kind"], info["default"], info["help"])
+            choices = tuple(info["choices"]) if "choices" in info else None
+            flags[name] = FlagSpec(
+                name, "hf", info["kind"], info["default"], info["help"], choices=choices
+            )
     for name, help_text in LAUNCHER_KEYS.items():
         flags[name] = FlagSpec(name, "launcher", "json", None, help_text)
     for name, target in LEGACY_TRAINING_FLAGS.items():

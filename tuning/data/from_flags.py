@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,6 @@ FORMATTER = "data_formatter_template"
 CHAT = "chat"
 CHAT_TEXT = "chat_with_response_template"
 INPUT_OUTPUT = "input_output"
-
-
-@dataclass(frozen=True)
-class LegacyPlan:
-    """The mode picked for a flag-only job and the handlers that implement it."""
-
-    mode: str
-    handlers: list[HandlerSpec]
 
 
 def flag_problems(data_args: DataArgs) -> list[str]:
@@ -209,34 +200,15 @@ def first_rows(path: str, field: str, n: int = 5) -> list[dict[str, Any]]:
     return peek_rows(paths, detect_builder(paths, None), n)
 
 
-def legacy_plan(data_args: DataArgs) -> LegacyPlan:
-    """Pick the mode from the training data's first rows; check the validation data agrees.
-
-    The flags themselves were checked by flag_problems before (pipeline._data_config).
-    """
-    train_path = data_args.training_data_path or ""
-    mode = pick_mode(data_args, first_rows(train_path, "--training_data_path"), train_path)
-    if data_args.validation_data_path:
-        eval_rows = first_rows(data_args.validation_data_path, "--validation_data_path")
-        pretokenized = bool(eval_rows) and {"input_ids", "labels"} <= set(eval_rows[0])
-        if (mode == PRETOKENIZED) != pretokenized:
-            raise DataError(
-                f"--training_data_path is {'' if mode == PRETOKENIZED else 'not '}pretokenized "
-                f"but --validation_data_path is {'' if pretokenized else 'not '}; both must be "
-                "in the same form."
-            )
-    return LegacyPlan(mode, handlers_for(mode, data_args))
-
-
-def legacy_data_config(data_args: DataArgs, seed: int = 42) -> DataConfig:
-    """The in-memory data config equivalent to the flags."""
-    plan = legacy_plan(data_args)
+def data_config_for(mode: str, data_args: DataArgs, seed: int = 42) -> DataConfig:
+    """The in-memory data config equivalent to the flags, for the mode picked from the rows."""
+    handlers = handlers_for(mode, data_args)
     datasets = [
         DatasetSpec(
             name=TRAIN_NAME,
             data_paths=[data_args.training_data_path or ""],
             split=SplitSpec(train=1.0, validation=0.0),
-            data_handlers=plan.handlers,
+            data_handlers=handlers,
         )
     ]
     if data_args.validation_data_path:
@@ -245,14 +217,13 @@ def legacy_data_config(data_args: DataArgs, seed: int = 42) -> DataConfig:
                 name=EVAL_NAME,
                 data_paths=[data_args.validation_data_path],
                 split=SplitSpec(train=0.0, validation=1.0),
-                data_handlers=plan.handlers,
+                data_handlers=handlers,
             )
         )
-    config = DataConfig(
+    logger.info("No data config: processing the data as %s.", mode)
+    return DataConfig(
         dataprocessor=DataProcessorSpec(
             seed=seed, max_zero_label_fraction=data_args.zero_label_tolerance
         ),
         datasets=datasets,
     )
-    logger.info("No data config: processing the data as %s.", plan.mode)
-    return config

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuning.config.schema import DataArgs
-from tuning.data.config.load import load_data_config
 from tuning.data.config.schema import DataConfig, DatasetSpec
 from tuning.data.finish import (
     CHAT_MASKING,
@@ -28,10 +26,11 @@ from tuning.data.finish import (
     normalise,
     stream_checks,
 )
-from tuning.data.from_flags import flag_problems, legacy_data_config
 from tuning.data.handlers.apply import apply_chain, column_names
-from tuning.data.handlers.binding import BoundHandler, bind_dataset_chain
+from tuning.data.handlers.binding import BoundHandler
 from tuning.data.handlers.registry import STAT_COLUMNS, HandlerContext
+from tuning.data.labels.base import require_fast_tokenizer
+from tuning.data.plan import DataPlan
 from tuning.data.report import (
     AuditResult,
     DataReport,
@@ -61,58 +60,6 @@ class PreparedData:
     streaming: bool = False  # an IterableDataset: the trainer must have max_steps
     # each dataset after its handlers, before the split and the mix (for previews and checks)
     parts: dict[str, Dataset | IterableDataset] = field(default_factory=dict)
-
-
-@dataclass
-class _Plan:
-    """A data config with every handler chain bound, ready to run."""
-
-    config: DataConfig
-    chains: list[list[BoundHandler]]
-
-
-# ---------------------------------------------------------------------------------------------
-# planning: everything that can be checked before data is read
-
-
-def _data_config(data_args: DataArgs, seed: int) -> DataConfig:
-    problems = flag_problems(data_args)
-    if problems:
-        raise ConfigError(" ".join(problems))
-    if not data_args.data_config_path:
-        return legacy_data_config(data_args, seed)
-    config = load_data_config(data_args.data_config_path)
-    if config.dataprocessor.type == "odm":
-        raise ConfigError(
-            "online data mixing (ODM) is not built in tuneforge yet; use type: default with "
-            "sampling ratios (datasets[].sampling) in the data config's dataprocessor section."
-        )
-    if "seed" in config.dataprocessor.model_fields_set:
-        return config
-    # the run's --seed, unless the config names its own (a copy: the loaded config stays as is)
-    processor = config.dataprocessor.model_copy(update={"seed": seed})
-    return config.model_copy(update={"dataprocessor": processor})
-
-
-def plan_data(data_args: DataArgs, *, seed: int = 42) -> _Plan:
-    """Load (or build) the data config and bind every handler; no data is read except, for a
-    flag-only job, the first rows that decide its mode."""
-    config = _data_config(data_args, seed)
-    for spec in config.datasets:
-        split = spec.split
-        if config.dataprocessor.streaming and split and (split.validation > 0 or split.train < 1):
-            raise ConfigError(
-                f"dataset '{spec.name}': split is not supported with streaming: true (a stream "
-                "has no length to split). Put validation rows in their own dataset with split "
-                "{train: 0, validation: 1} and streaming off, or turn streaming off."
-            )
-    chains = []
-    for i, spec in enumerate(config.datasets):
-        chain, problems = bind_dataset_chain(i, spec)
-        if chain is None:
-            raise ConfigError(problems[0] if len(problems) == 1 else " ".join(problems))
-        chains.append(chain)
-    return _Plan(config, chains)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,8 +168,7 @@ def _process_one(
     index: int,
     spec: DatasetSpec,
     chain: list[BoundHandler],
-    plan: _Plan,
-    data_args: DataArgs,
+    plan: DataPlan,
     base_ctx: HandlerContext,
     *,
     streaming: bool,
@@ -238,14 +184,14 @@ def _process_one(
     )
     ctx = dataclasses.replace(base_ctx, dataset_name=spec.name)
     dataset = apply_chain(raw, chain, ctx)
-    finishing = finishing_chain(dataset, spec, chain, data_args, where)
+    finishing = finishing_chain(dataset, spec, chain, plan.flags, where)
     dataset = apply_chain(dataset, finishing, ctx)
     chain = [*chain, *finishing]
     dataset = ensure_labels(dataset, spec.name)
     dataset = fit_long_rows(dataset, ctx.max_seq_length, ctx.tokenizer.bos_token_id)
     dataset = normalise(dataset)
     report = DatasetReport(name=spec.name)
-    tolerance = max(data_args.zero_label_tolerance, config.dataprocessor.max_zero_label_fraction)
+    tolerance = max(plan.flags.zero_label_tolerance, config.dataprocessor.max_zero_label_fraction)
     audit_rows = config.dataprocessor.audit_sample_size
     if streaming:
         dataset = stream_checks(
@@ -369,34 +315,33 @@ def _main_process_first() -> Iterator[None]:
 
 
 def prepare_datasets(
-    data_args: DataArgs,
+    plan: DataPlan,
     tokenizer: Any,
     max_seq_length: int,
     *,
-    seed: int = 42,
     streaming_ok: bool = True,
     cache_dir: str | None = None,
 ) -> PreparedData:
-    """Turn the data flags (or data config) into train/eval datasets of input_ids + labels.
+    """Run the data plan: train/eval datasets of input_ids + labels, and what was learnt.
 
     `streaming_ok=False` processes a `streaming: true` config in memory instead (e.g. to save
-    the processed data). Raises ConfigError/DataError for anything the user can fix.
+    the processed data). Raises DataError for what only the data itself can show.
     """
-    plan = plan_data(data_args, seed=seed)
+    require_fast_tokenizer(tokenizer)
     config = plan.config
     streaming = config.dataprocessor.streaming and streaming_ok
     if config.dataprocessor.streaming and not streaming_ok:
         logger.info("streaming: true is ignored here; the data is processed in memory.")
     chat_template = (
         config.resolved_chat_template()
-        or data_args.chat_template
+        or plan.flags.chat_template
         or getattr(tokenizer, "chat_template", None)
     )
     base_ctx = handler_context(tokenizer, max_seq_length, chat_template, "")
     with _main_process_first():
         parts = [
             _process_one(
-                i, spec, chain, plan, data_args, base_ctx, streaming=streaming, cache_dir=cache_dir
+                i, spec, list(chain), plan, base_ctx, streaming=streaming, cache_dir=cache_dir
             )
             for i, (spec, chain) in enumerate(zip(config.datasets, plan.chains, strict=True))
         ]

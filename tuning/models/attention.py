@@ -5,8 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 
-from tuning.config.schema import ModelArgs
-from tuning.errors import MissingExtraError
+from tuning.models.plan import ModelPlan
 
 logger = logging.getLogger(__name__)
 FA3_HUB_KERNEL = "kernels-community/flash-attn3"
@@ -23,13 +22,11 @@ BOUNDARY_AWARE = {
 }
 
 
-def choose_attention(model_args: ModelArgs, cuda_available: bool) -> str:
+def choose_attention(model_args: ModelPlan, cuda_available: bool) -> str:
     """fms defaults use_flash_attn=True; on a laptop that must still run, on sdpa."""
     if not model_args.use_flash_attn:
         return "sdpa"
     if model_args.flash_attn_implementation == "fa3":
-        if importlib.util.find_spec("kernels") is None:
-            raise MissingExtraError("--flash_attn_implementation fa3", "kernels", "kernels")
         if not cuda_available:
             logger.warning("flash-attention 3 needs a CUDA GPU; none found, using sdpa.")
             return "sdpa"

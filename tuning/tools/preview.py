@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning.errors import UserError
+from tuning.models.tokenizer import effective_max_length, open_tokenizer
 
 IGNORE_INDEX = -100
 ANSI_TRAINED = "\x1b[1;32m"
@@ -239,24 +240,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        from tuning.data.preflight import preflight_data
+        from tuning.data.plan import plan_data
 
         data_args = _data_args(options)
-        problems = preflight_data(data_args)
-        if problems:
-            raise UserError(" ".join(f"({i}) {p}" for i, p in enumerate(problems, start=1)))
-        tokenizer = _load_tokenizer(options.tokenizer, data_args)
+        plan = plan_data(data_args)
+        tokenizer = open_tokenizer(
+            options.tokenizer,
+            flag="--tokenizer",
+            chat_template=data_args.chat_template,
+            add_special_tokens=data_args.add_special_tokens or (),
+        )
         import datasets
 
         from tuning.data.pipeline import prepare_datasets
 
         datasets.disable_progress_bars()
-
-        limit = getattr(tokenizer, "model_max_length", None)
-        max_length = options.max_seq_length
-        if isinstance(limit, int) and 0 < limit < max_length:
-            max_length = limit
-        prepared = prepare_datasets(data_args, tokenizer, max_length)
+        max_length = effective_max_length(options.max_seq_length, True, tokenizer)
+        prepared = prepare_datasets(plan, tokenizer, max_length)
     except UserError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -268,20 +268,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.html.write_text(render_html(previews, mixture), encoding="utf-8")
         print(f"wrote {options.html}")
     return 0
-
-
-def _load_tokenizer(source: str, data_args: Any) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"--tokenizer {source!r}: no tokenizer could be loaded ({str(exc).splitlines()[0]})."
-        ) from exc
-    if data_args.chat_template:
-        tokenizer.chat_template = data_args.chat_template
-    return tokenizer
 
 
 if __name__ == "__main__":

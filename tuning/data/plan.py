@@ -1,14 +1,16 @@
-"""Check the data before any tokenizer or model loads, and report every problem at once.
+"""The data slice of the run plan: every data problem found before any tokenizer or model loads.
 
-Runs in well under a second: it reads the data config, resolves every handler and validates its
-arguments, opens each data path and reads its first rows (without `datasets`), follows the
-columns through each handler chain, and parses every jinja template. It imports no torch,
-transformers or datasets. Each message names the flag or key path and the fix.
+Runs in well under a second: it reads the data config once, binds every handler chain once
+(validating its arguments), opens each data path and reads its first rows (without `datasets`),
+follows the columns through each handler chain, parses every jinja template, and for a flag-only
+job picks the processing mode once. It imports no torch, transformers or datasets. Each message
+names the flag or key path and the fix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from tuning.data.from_flags import (
     FORMATTER,
     INPUT_OUTPUT,
     TEXT,
+    data_config_for,
     first_rows,
     flag_problems,
     pick_mode,
@@ -29,9 +32,26 @@ from tuning.data.from_flags import (
 from tuning.data.handlers.binding import BoundHandler, bind_dataset_chain
 from tuning.data.sources import detect_builder, peek_rows, resolve_data_paths
 from tuning.errors import UserError, did_you_mean
+from tuning.problems import Problems
 
 PEEK_ROWS = 5
 _PLACEHOLDER_SPECIALS = {"bos_token": "", "eos_token": "", "pad_token": "", "unk_token": ""}
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What the data stage runs: the data config (loaded or built from the flags) with every
+    handler chain bound, the flag-only mode when there is one, and the data flags that finish
+    rows no handler tokenized (templates, text column, zero-label tolerance)."""
+
+    config: DataConfig
+    chains: tuple[tuple[BoundHandler, ...], ...]
+    mode: str | None
+    flags: DataArgs
+
+    @property
+    def streaming(self) -> bool:
+        return self.config.dataprocessor.streaming
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,38 +200,50 @@ def _dataset_problems(
     split = spec.split
     if config.dataprocessor.streaming and split and (split.validation > 0 or split.train < 1):
         problems.append(
-            f"`{where}.split`: split is not supported with streaming: true; put validation "
-            "rows in their own dataset or turn streaming off."
+            f"`{where}.split` ({spec.name}): split is not supported with streaming: true (a "
+            "stream has no length to split). Put validation rows in their own dataset with split "
+            "{train: 0, validation: 1} and streaming off, or turn streaming off."
         )
     if chain is not None:
         problems += _chain_problems(chain, rows, where)
     return problems
 
 
-def _data_config_problems(data_args: DataArgs) -> list[str]:
+def _bind_chains(config: DataConfig, problems: Problems) -> list[tuple[BoundHandler, ...] | None]:
+    """Each dataset's chain bound once (None where a step is wrong; its problems are added)."""
+    chains: list[tuple[BoundHandler, ...] | None] = []
+    for i, spec in enumerate(config.datasets):
+        chain, chain_problems = bind_dataset_chain(i, spec)
+        problems.extend(chain_problems)
+        chains.append(None if chain is None else tuple(chain))
+    return chains
+
+
+def _from_config_file(data_args: DataArgs, problems: Problems) -> DataPlan | None:
     try:
         config = load_data_config(data_args.data_config_path or "")
     except UserError as exc:
-        return [str(exc)]
-    problems = []
+        problems.add(str(exc))
+        return None
     if config.dataprocessor.type == "odm":
-        problems.append(
+        problems.add(
             "`dataprocessor.type`: online data mixing (ODM) is not built in tuneforge yet; use "
-            "type: default with sampling ratios."
+            "type: default with sampling ratios (datasets[].sampling)."
         )
     try:
         template = config.resolved_chat_template()
     except UserError as exc:
-        problems.append(str(exc))
+        problems.add(str(exc))
     else:
         if template:
-            problem = chat_template_problem(template, "`dataprocessor` chat template")
-            problems += [problem] if problem else []
-    for i, spec in enumerate(config.datasets):
-        chain, chain_problems = bind_dataset_chain(i, spec)
-        problems += chain_problems
-        problems += _dataset_problems(i, spec, config, chain)
-    return problems
+            problems.add(chat_template_problem(template, "`dataprocessor` chat template"))
+    before = len(problems)
+    chains = _bind_chains(config, problems)
+    for i, (spec, chain) in enumerate(zip(config.datasets, chains, strict=True)):
+        problems.extend(_dataset_problems(i, spec, config, None if chain is None else list(chain)))
+    if len(problems) > before:
+        return None
+    return DataPlan(config=config, chains=tuple(filter(None, chains)), mode=None, flags=data_args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,9 +296,10 @@ def _mode_problems(
     return problems
 
 
-def _legacy_problems(data_args: DataArgs) -> list[str]:
-    problems = []
-    modes = {}
+def _from_flags(data_args: DataArgs, seed: int, problems: Problems) -> DataPlan | None:
+    """Pick the flag-only mode once, from the first rows, and build the equivalent config."""
+    modes: dict[str, str] = {}
+    before = len(problems)
     for flag, path in (
         ("--training_data_path", data_args.training_data_path),
         ("--validation_data_path", data_args.validation_data_path),
@@ -277,31 +310,57 @@ def _legacy_problems(data_args: DataArgs) -> list[str]:
             rows = first_rows(path, flag, PEEK_ROWS)
             modes[flag] = pick_mode(data_args, rows, f"{flag} {path}")
         except UserError as exc:
-            problems.append(str(exc))
+            problems.add(str(exc))
             continue
-        problems += _mode_problems(data_args, modes[flag], rows, f"{flag} {path}")
+        problems.extend(_mode_problems(data_args, modes[flag], rows, f"{flag} {path}"))
     if len(set(modes.values())) > 1:
-        problems.append(
+        problems.add(
             "--training_data_path and --validation_data_path hold different kinds of rows "
             f"({modes['--training_data_path']} vs {modes['--validation_data_path']}); give both "
             "the same columns."
         )
-    return problems
+    if len(problems) > before or "--training_data_path" not in modes:
+        return None
+    mode = modes["--training_data_path"]
+    config = data_config_for(mode, data_args, seed)
+    chains = _bind_chains(config, problems)
+    if len(problems) > before:
+        return None
+    return DataPlan(config=config, chains=tuple(filter(None, chains)), mode=mode, flags=data_args)
 
 
-def preflight_data(data_args: DataArgs) -> list[str]:
-    """Every problem found in the data flags, data config, files and templates ([] = OK)."""
-    problems = flag_problems(data_args)
+def _with_seed(plan: DataPlan, seed: int) -> DataPlan:
+    """The run's --seed, unless the data config names its own (a copy: the loaded one stays)."""
+    config = plan.config
+    if "seed" in config.dataprocessor.model_fields_set:
+        return plan
+    processor = config.dataprocessor.model_copy(update={"seed": seed})
+    return replace(plan, config=config.model_copy(update={"dataprocessor": processor}))
+
+
+def build_data_plan(data_args: DataArgs, seed: int, problems: Problems) -> DataPlan | None:
+    """The data slice of the run plan, or None with every problem added to `problems`.
+
+    The data config is read once and its handler chains bound once; a flag-only job's mode is
+    picked once. Only the first rows of each data file are read, without `datasets`.
+    """
+    before = len(problems)
+    problems.extend(flag_problems(data_args))
     if data_args.chat_template:
-        problem = chat_template_problem(data_args.chat_template, "--chat_template")
-        problems += [problem] if problem else []
-    blocking = (data_args.data_config_path and data_args.training_data_path) or not (
-        data_args.data_config_path or data_args.training_data_path
-    )
-    if blocking:
-        return problems
+        problems.add(chat_template_problem(data_args.chat_template, "--chat_template"))
+    if len(problems) > before:
+        return None
     if data_args.data_config_path:
-        return problems + _data_config_problems(data_args)
-    if any(p.startswith(("--data_formatter_template", "--instruction_template")) for p in problems):
-        return problems
-    return problems + _legacy_problems(data_args)
+        plan = _from_config_file(data_args, problems)
+    else:
+        plan = _from_flags(data_args, seed, problems)
+    return None if plan is None else _with_seed(plan, seed)
+
+
+def plan_data(data_args: DataArgs, *, seed: int = 42) -> DataPlan:
+    """build_data_plan for callers that want only the data (preview, tests, benchmarks)."""
+    problems = Problems()
+    plan = build_data_plan(data_args, seed, problems)
+    problems.raise_if_any("The data")
+    assert plan is not None
+    return plan

@@ -1,0 +1,76 @@
+"""Wrap the model for the PEFT method the plan chose (LoRA, prompt tuning), with only that
+method's arguments."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+from tuning.errors import ConfigError
+from tuning.models.plan import ModelPlan
+
+logger = logging.getLogger(__name__)
+
+
+def peft_config(plan: ModelPlan) -> Any | None:
+    """A peft config for --peft_method lora/pt, None for full fine-tuning."""
+    p = SimpleNamespace(**plan.peft_arguments)
+    if plan.peft_method == "none":
+        return None
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
+
+    if plan.peft_method == "lora":
+        targets: Any = p.target_modules
+        if targets and len(targets) == 1 and targets[0] == "all-linear":
+            targets = "all-linear"
+        init: Any = {"true": True, "false": False}.get(
+            p.init_lora_weights.lower(), p.init_lora_weights
+        )
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=p.r,
+            lora_alpha=p.lora_alpha,
+            lora_dropout=p.lora_dropout,
+            target_modules=targets,
+            exclude_modules=p.exclude_modules,
+            layers_to_transform=p.layers_to_transform,
+            layers_pattern=p.layers_pattern,
+            modules_to_save=p.modules_to_save,
+            bias=p.bias,
+            use_dora=p.use_dora,
+            use_rslora=p.use_rslora,
+            init_lora_weights=init,
+        )
+    if plan.peft_method == "pt":
+        return PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=p.num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit(p.prompt_tuning_init),
+            prompt_tuning_init_text=p.prompt_tuning_init_text
+            if p.prompt_tuning_init == "TEXT"
+            else None,
+            tokenizer_name_or_path=plan.tokenizer_name_or_path,
+        )
+    raise AssertionError(f"planning let through --peft_method {plan.peft_method}")
+
+
+def apply_peft(plan: ModelPlan, model: Any) -> Any:
+    """Wrap the model with the adapter; explain bad target_modules instead of a stack trace."""
+    config = peft_config(plan)
+    if config is None:
+        return model
+    from peft import get_peft_model
+
+    try:
+        wrapped = get_peft_model(model, config)
+    except ValueError as exc:
+        names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
+        raise ConfigError(
+            f"--target_modules {plan.peft_arguments.get('target_modules')}: "
+            f"{str(exc).splitlines()[0]} "
+            f"Module names in this model include: {', '.join(names[:20])}."
+        ) from exc
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    logger.info("PEFT %s: %d of %d parameters trainable.", plan.peft_method, trainable, total)
+    return wrapped

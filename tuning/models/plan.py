@@ -1,0 +1,122 @@
+"""The model slice of the run plan: which model and tokenizer, dtype, attention request,
+quantization and the PEFT method with only its own arguments.
+
+Found here, before any weights load: missing model folders, MXFP4 asked of a plain checkpoint,
+PEFT arguments given for a method that does not use them, aLoRA (not built), and attention
+kernels whose package is missing. Imports no torch, transformers or peft.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuning.config.job import JobConfig
+from tuning.config.schema import PeftArgs
+from tuning.models.quantization import mxfp4_problem
+from tuning.problems import Problems
+
+# PEFT arguments by the method that reads them; any other method would silently ignore them.
+LORA_ARGS = (
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "exclude_modules",
+    "layers_to_transform",
+    "layers_pattern",
+    "modules_to_save",
+    "bias",
+    "use_dora",
+    "use_rslora",
+    "init_lora_weights",
+)
+PROMPT_TUNING_ARGS = ("prompt_tuning_init", "num_virtual_tokens", "prompt_tuning_init_text")
+METHOD_ARGS = {"lora": LORA_ARGS, "pt": PROMPT_TUNING_ARGS, "none": ()}
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What the model stage loads and how."""
+
+    model_name_or_path: str
+    tokenizer_name_or_path: str
+    trust_remote_code: bool
+    torch_dtype: str
+    use_flash_attn: bool
+    flash_attn_implementation: str | None
+    embedding_size_multiple_of: int
+    mxfp4: bool
+    dequantize: bool
+    peft_method: str
+    peft_arguments: Mapping[str, Any]  # only the chosen method's arguments
+    chat_template: str | None
+    add_special_tokens: tuple[str, ...]
+    cache_dir: str | None
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def _peft_problems(peft: PeftArgs) -> list[str]:
+    if peft.peft_method == "alora" or peft.alora_invocation_string is not None:
+        return [
+            "--peft_method alora / --alora_invocation_string: activated LoRA is not built in "
+            "tuneforge yet; use --peft_method lora and drop --alora_invocation_string."
+        ]
+    defaults = PeftArgs.model_fields
+    problems = []
+    for method, names in METHOD_ARGS.items():
+        if method == peft.peft_method:
+            continue
+        for name in names:
+            if getattr(peft, name) != defaults[name].default:
+                problems.append(
+                    f"--{name} is an argument of --peft_method {method}, but --peft_method is "
+                    f"{peft.peft_method}, which would ignore it: set --peft_method {method} or "
+                    f"drop --{name}."
+                )
+    return problems
+
+
+def build_model_plan(job: JobConfig, problems: Problems) -> ModelPlan | None:
+    """The model slice, or None when the model path is missing (problems added)."""
+    m, a, peft = job.model, job.acceleration, job.peft
+    if not m.model_name_or_path:
+        problems.add("--model_name_or_path is required: the base model folder to tune.")
+    for flag in ("model_name_or_path", "tokenizer_name_or_path"):
+        value = getattr(m, flag)
+        if value and _looks_local(value) and not Path(value).expanduser().exists():
+            problems.add(f"--{flag} {value!r} does not exist.")
+    if a.quantization_method == "mxfp4" and m.model_name_or_path:
+        problems.add(mxfp4_problem(m.model_name_or_path))
+    problems.extend(_peft_problems(peft))
+    fa3 = m.use_flash_attn and m.flash_attn_implementation == "fa3"
+    if fa3 and importlib.util.find_spec("kernels") is None:
+        problems.add(
+            "--flash_attn_implementation fa3 needs the optional package 'kernels', which is "
+            "not installed. Install it with: pip install 'tuneforge[kernels]'"
+        )
+    if not m.model_name_or_path:
+        return None
+    return ModelPlan(
+        model_name_or_path=m.model_name_or_path,
+        tokenizer_name_or_path=m.tokenizer_name_or_path or m.model_name_or_path,
+        trust_remote_code=m.trust_remote_code,
+        torch_dtype=m.torch_dtype,
+        use_flash_attn=m.use_flash_attn,
+        flash_attn_implementation=m.flash_attn_implementation,
+        embedding_size_multiple_of=m.embedding_size_multiple_of,
+        mxfp4=a.quantization_method == "mxfp4",
+        dequantize=a.dequantize,
+        peft_method=peft.peft_method,
+        peft_arguments={n: getattr(peft, n) for n in METHOD_ARGS.get(peft.peft_method, ())},
+        chat_template=job.data.chat_template,
+        add_special_tokens=tuple(job.data.add_special_tokens or ()),
+        cache_dir=job.training.cache_dir,
+    )

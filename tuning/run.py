@@ -1,0 +1,50 @@
+"""Execute a run plan: tokenizer → data → (save the resolved config) → model → train → save."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tuning.plan import RunPlan
+
+RESOLVED_CONFIG_NAME = "tuneforge_config.json"
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a distributed launch (or the only process), read from the launcher's env."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def save_resolved_config(plan: RunPlan) -> None:
+    """Record what runs (secrets redacted) next to the checkpoints; main process only."""
+    if not _is_main_process():
+        return
+    out = Path(plan.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{RESOLVED_CONFIG_NAME}.tmp"
+    tmp.write_text(json.dumps(dict(plan.resolved), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / RESOLVED_CONFIG_NAME)
+
+
+def execute(plan: RunPlan) -> None:
+    """Run each stage on its slice of the plan."""
+    from tuning.data.pipeline import prepare_datasets
+    from tuning.models.tokenizer import effective_max_length, load_tokenizer
+    from tuning.training.stage import save_processed_data, train
+
+    tokenizer = load_tokenizer(plan.model)
+    t = plan.train
+    max_length = effective_max_length(t.max_seq_length, t.max_seq_length_explicit, tokenizer)
+    data = prepare_datasets(
+        plan.data,
+        tokenizer,
+        max_length,
+        streaming_ok=not t.process_data_only,
+        cache_dir=t.cache_dir,
+    )
+    save_resolved_config(plan)
+    if t.process_data_only:
+        save_processed_data(t, data)
+        return
+    train(t, plan.model, tokenizer, data, max_length)

@@ -1,0 +1,76 @@
+"""The tracker registry: each tracker with the package it needs and the flags that configure it.
+
+`--trackers` and `--report_to` name entries of the same registry, so every value of either is
+honoured or is a clear error. Planning resolves names, checks the package is installed and that
+no tracker's settings are given without the tracker; nothing here imports a tracker package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuning.registry import Registry
+
+
+@dataclass(frozen=True)
+class TrackerInfo:
+    """One tracker: how it is driven and which flags belong to it."""
+
+    name: str
+    doc: str
+    package: str | None = None  # import name checked at plan time
+    extra: str | None = None  # pip install 'tuneforge[extra]'
+    report_to: str | None = None  # the transformers integration that drives it, if any
+    settings: tuple[str, ...] = ()  # flags that configure this tracker only
+    aliases: tuple[str, ...] = ()
+
+
+TRACKERS: Registry[TrackerInfo] = Registry("tracker")
+for _info in (
+    TrackerInfo(
+        "file_logger",
+        "training_logs.jsonl in output_dir, in fms-hf-tuning's format (on by default).",
+        settings=("training_logs_filename",),
+    ),
+    TrackerInfo(
+        "aim",
+        "Aim run in a local repository (--aim_repo) or on a server (--aim_url, or "
+        "--aim_remote_server_ip with --aim_remote_server_port); the run hash is exported to "
+        "aim_tracker.json in --run_uri_export_path (default output_dir).",
+        package="aim",
+        extra="aim",
+        settings=(
+            "aim_repo",
+            "aim_url",
+            "aim_remote_server_ip",
+            "aim_remote_server_port",
+            "aim_experiment",
+            "run_uri_export_path",
+        ),
+    ),
+    TrackerInfo(
+        "mlflow",
+        "MLflow run (--mlflow_tracking_uri, --mlflow_experiment), through transformers' "
+        "MLflow integration.",
+        package="mlflow",
+        extra="mlflow",
+        report_to="mlflow",
+        settings=("mlflow_tracking_uri", "mlflow_experiment"),
+    ),
+    TrackerInfo(
+        "tensorboard",
+        "TensorBoard event files under output_dir/runs (or --logging_dir).",
+        package="tensorboard",
+        extra="tensorboard",
+        report_to="tensorboard",
+    ),
+    TrackerInfo(
+        "wandb",
+        "Weights & Biases run (WANDB_MODE=offline works without network).",
+        package="wandb",
+        extra="wandb",
+        report_to="wandb",
+    ),
+    TrackerInfo("none", "No tracker at all (file_logger included)."),
+):
+    TRACKERS.add(_info)

@@ -1,0 +1,333 @@
+"""The training slice of the run plan: TrainingArguments with their choices and ranges, step
+strategies, the resume target, output paths, trackers and the flags tuneforge does not build.
+
+Imports nothing heavy: TrainingArguments is known from the snapshot (tuning/config), trackers
+from their registry, packages by `importlib.util.find_spec`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuning.config.job import JobConfig
+from tuning.config.schema import LAUNCHER_KEYS, hf_training_fields
+from tuning.data.plan import DataPlan
+from tuning.errors import ConfigError
+from tuning.problems import Problems
+from tuning.trackers.registry import TRACKERS, TrackerInfo
+from tuning.training.resume import resolve_resume
+
+UNBUILT_PLUGINS = ("auto_gptq", "bnb_qlora", "fused_lora", "fast_kernels", "multipack", "fast_moe")
+# (strategy flag, its step-count flag): an explicit count with the strategy left at its default
+# switches the strategy to "steps" (fms's documented `--logging_steps 1` means per-step logs).
+STEP_STRATEGIES = (
+    ("logging_strategy", "logging_steps"),
+    ("save_strategy", "save_steps"),
+    ("eval_strategy", "eval_steps"),
+)
+# TrainingArguments values that make no sense below a bound: (flag, lowest allowed, inclusive).
+LOWER_BOUNDS = (
+    ("learning_rate", 0.0, True),
+    ("per_device_train_batch_size", 1, True),
+    ("per_device_eval_batch_size", 1, True),
+    ("gradient_accumulation_steps", 1, True),
+    ("eval_accumulation_steps", 1, True),
+    ("warmup_steps", 0.0, True),
+    ("weight_decay", 0.0, True),
+    ("max_grad_norm", 0.0, True),
+    ("dataloader_num_workers", 0, True),
+    ("save_total_limit", 1, True),
+    ("seed", 0, True),
+)
+
+
+@dataclass(frozen=True)
+class TrackerPlan:
+    """One tracker to run, with its own settings."""
+
+    name: str
+    report_to: str | None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What the training stage runs, complete: SFTConfig keyword arguments included."""
+
+    output_dir: str
+    arguments: Mapping[str, Any]  # TrainingArguments values (fms defaults, strategies, trackers)
+    max_seq_length: int
+    max_seq_length_explicit: bool
+    resume_from: str | None
+    save_model_dir: str | None
+    packing: bool
+    padding_free: bool
+    pad_to_multiple_of: int | None
+    enable_reduce_loss_sum: bool
+    cache_dir: str | None
+    trackers: tuple[TrackerPlan, ...]
+    exp_metadata: Mapping[str, Any] | None
+    experiment: str | None
+    process_data_only: bool
+    train_shards: int | None
+    eval_shards: int | None
+
+    @property
+    def seed(self) -> int:
+        return int(self.arguments.get("seed", 42))
+
+
+def _value(job: JobConfig, name: str) -> Any:
+    """A TrainingArguments value: the job's (sections or pass-through) or the default."""
+    for section in (job.training,):
+        if name in type(section).model_fields:
+            return getattr(section, name)
+    if name in job.hf_training:
+        return job.hf_training[name]
+    return hf_training_fields().get(name, {}).get("default")
+
+
+def _strategies(job: JobConfig, problems: Problems) -> tuple[dict[str, Any], list[str]]:
+    """The step strategies after the default-switch rule, and the notices it gives."""
+    chosen: dict[str, Any] = {}
+    notices = []
+    for strategy, steps in STEP_STRATEGIES:
+        value = _value(job, strategy)
+        if steps in job.explicitly_set and strategy not in job.explicitly_set and value != "steps":
+            notices.append(
+                f"--{steps} {job.hf_training[steps]} is set but --{strategy} was left at its "
+                f"default ({value!r}), which would ignore it: using --{strategy} steps."
+            )
+            value = "steps"
+        chosen[strategy] = value
+        count = _value(job, steps)
+        if value == "steps" and count is not None and float(count) <= 0:
+            problems.add(
+                f"--{steps} must be greater than 0 with --{strategy} steps (got {count}); "
+                "values below 1 are a fraction of the total steps."
+            )
+    return chosen, notices
+
+
+def _range_problems(job: JobConfig) -> list[str]:
+    problems = []
+    for name, lowest, _ in LOWER_BOUNDS:
+        value = job.hf_training.get(name)
+        if value is not None and value < lowest:
+            problems.append(f"--{name} must be at least {lowest:g} (got {value}).")
+    max_steps = int(_value(job, "max_steps") or -1)
+    epochs = float(_value(job, "num_train_epochs"))
+    if max_steps == 0 or (max_steps < 0 and epochs <= 0):
+        flag = "--max_steps" if max_steps == 0 else "--num_train_epochs"
+        problems.append(
+            f"{flag} {max_steps if max_steps == 0 else epochs:g} trains nothing; set "
+            "--num_train_epochs above 0 or --max_steps to a positive count."
+        )
+    if "warmup_steps" in job.hf_training and job.training.warmup_ratio is not None:
+        problems.append("--warmup_ratio and --warmup_steps are both set; keep one.")
+    return problems
+
+
+def _path_problem(flag: str, value: str) -> str | None:
+    """Whether a folder the run writes can be written (an existing one, or made)."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return f"--{flag} {value!r} is a file; give a folder (it is created if missing)."
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"--{flag} {value!r} cannot be created: {probe} is a file, not a folder."
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"--{flag} {value!r} cannot be created or written: {probe} is not writable."
+    return None
+
+
+def _tracker_plans(job: JobConfig, problems: Problems) -> tuple[TrackerPlan, ...]:
+    """--trackers and --report_to resolved in one registry; packages and settings checked."""
+    names = [*job.tracking.trackers, *(job.hf_training.get("report_to") or [])]
+    chosen: dict[str, TrackerInfo] = {}
+    for name in names:
+        lowered = name.lower()
+        if lowered == "all":
+            problems.add(
+                "--report_to all would start every tracker that happens to be installed; name "
+                "them: --trackers " + " ".join(n for n in TRACKERS.entries() if n != "none") + "."
+            )
+            continue
+        try:
+            chosen.setdefault(lowered, TRACKERS.resolve(lowered))
+        except ConfigError as exc:
+            problems.add(f"--trackers/--report_to: {exc}")
+    if "none" in chosen:
+        chosen = {}
+    for info in chosen.values():
+        if info.package and importlib.util.find_spec(info.package) is None:
+            problems.add(
+                f"--trackers {info.name} needs the optional package '{info.package}', which is "
+                f"not installed. Install it with: pip install 'tuneforge[{info.extra}]'"
+            )
+    for info in TRACKERS.entries().values():
+        defaults = type(job.tracking).model_fields
+        for flag in info.settings:
+            value = getattr(job.tracking, flag)
+            if info.name not in chosen and value != defaults[flag].default:
+                problems.add(
+                    f"--{flag} configures the {info.name} tracker, which is not selected: add "
+                    f"--trackers {info.name} (with the others you want) or drop --{flag}."
+                )
+    return tuple(_tracker_plan(info, job, problems) for info in chosen.values())
+
+
+def _tracker_plan(info: TrackerInfo, job: JobConfig, problems: Problems) -> TrackerPlan:
+    t = job.tracking
+    settings: dict[str, Any] = {flag: getattr(t, flag) for flag in info.settings}
+    if info.name == "aim":
+        remote = t.aim_remote_server_ip, t.aim_remote_server_port
+        if any(v is not None for v in remote) and None in remote:
+            problems.add("--aim_remote_server_ip and --aim_remote_server_port go together.")
+        servers = [v for v in (t.aim_url, t.aim_repo, t.aim_remote_server_ip) if v]
+        if len(servers) > 1:
+            problems.add("--aim_repo, --aim_url and --aim_remote_server_ip each say where the Aim "
+                         "runs go; keep one.")  # fmt: skip
+        ip_url = f"aim://{t.aim_remote_server_ip}:{t.aim_remote_server_port}"
+        settings["repo"] = t.aim_url or (ip_url if t.aim_remote_server_ip else t.aim_repo)
+        settings["experiment"] = t.aim_experiment or t.experiment
+        settings["export_dir"] = t.run_uri_export_path or job.training.output_dir
+    if info.name == "mlflow":
+        if not t.mlflow_tracking_uri:
+            problems.add(
+                "--trackers mlflow needs --mlflow_tracking_uri (e.g. file:///path/mlruns or "
+                "http://host:5000)."
+            )
+        settings["mlflow_experiment"] = t.mlflow_experiment or t.experiment
+    return TrackerPlan(info.name, info.report_to, settings)
+
+
+def _exp_metadata(job: JobConfig, problems: Problems) -> Mapping[str, Any] | None:
+    text = job.tracking.exp_metadata
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        problems.add(
+            f'--exp_metadata must be a JSON object string like \'{{"key": "value"}}\', got '
+            f"{text!r}."
+        )
+        return None
+    return value
+
+
+def _unbuilt(job: JobConfig) -> list[str]:
+    """Accepted flags whose feature tuneforge does not build yet: stop, never ignore them."""
+    a = job.acceleration
+    problems = [
+        f"--{plugin} is an fms acceleration-plugin flag that tuneforge does not build yet; "
+        "remove it (the run would otherwise silently differ from what you asked)."
+        for plugin in UNBUILT_PLUGINS
+        if getattr(a, plugin)
+    ]
+    if a.trainer_controller_config_file:
+        problems.append(
+            "--trainer_controller_config_file (fms trainer controller) is not built in "
+            "tuneforge yet; remove it, and use --max_steps / --save_strategy to bound the run."
+        )
+    if job.data.dataset_image_field:
+        problems.append("--dataset_image_field: vision-language tuning is not built yet.")
+    for key in LAUNCHER_KEYS:
+        if key in job.explicitly_set:
+            problems.append(
+                f"`{key}` is read by the Kubernetes launcher (build/accelerate_launch.py), which "
+                "is not built yet; remove it from the job, and launch with `accelerate launch "
+                "--config_file ... -m tuning.sft_trainer` directly."
+            )
+    return problems
+
+
+def _data_problems(job: JobConfig, data: DataPlan | None, strategies: Mapping[str, Any]) -> list:
+    """What the training flags need from the data."""
+    if data is None:
+        return []
+    problems = []
+    evaluates = any(
+        spec.split is not None and spec.split.validation > 0 for spec in data.config.datasets
+    )
+    if strategies["eval_strategy"] not in ("no", None) and not evaluates:
+        problems.append(
+            f"--eval_strategy {strategies['eval_strategy']} needs evaluation data: add "
+            "--validation_data_path (or a validation split in the data config)."
+        )
+    only = job.data.do_dataprocessing_only
+    if data.streaming and not only and int(_value(job, "max_steps") or -1) <= 0:
+        problems.append(
+            "The data config streams its data (streaming: true), so the number of steps "
+            "cannot be known in advance: set --max_steps."
+        )
+    if data.streaming and job.training.packing:
+        problems.append(
+            "--packing needs the whole dataset to pack it best-fit; it cannot pack a stream "
+            "(streaming: true). Use --padding_free huggingface instead, or drop streaming."
+        )
+    return problems
+
+
+def build_train_plan(
+    job: JobConfig, data: DataPlan | None, problems: Problems
+) -> tuple[TrainPlan | None, list[str]]:
+    """The training slice (None when output_dir is missing) and its notices."""
+    t = job.training
+    if not t.output_dir:
+        problems.add("--output_dir is required: where checkpoints and logs go.")
+    strategies, notices = _strategies(job, problems)
+    problems.extend(_range_problems(job))
+    problems.extend(_unbuilt(job))
+    problems.extend(_data_problems(job, data, strategies))
+    if t.packing and job.padding_free:
+        problems.add("--packing already packs padding-free; drop --padding_free.")
+    trackers = _tracker_plans(job, problems)
+    metadata = _exp_metadata(job, problems)
+    for flag in ("output_dir", "save_model_dir"):
+        value = getattr(t, flag)
+        if value:
+            problems.add(_path_problem(flag, value))
+    resume, problem = resolve_resume(t.output_dir or ".", t.resume_from_checkpoint)
+    problems.add(problem)
+    if not t.output_dir:
+        return None, notices
+    arguments = {k: v for k, v in job.hf_training.items() if k != "report_to"}
+    arguments.update(strategies)
+    if t.warmup_ratio is not None:
+        arguments["warmup_steps"] = t.warmup_ratio  # a fraction below 1 is a ratio
+    report_to = [tracker.report_to for tracker in trackers if tracker.report_to]
+    arguments["report_to"] = report_to or ["none"]
+    if job.tracking.experiment and "run_name" not in arguments:
+        arguments["run_name"] = job.tracking.experiment
+    plan = TrainPlan(
+        output_dir=t.output_dir,
+        arguments=arguments,
+        max_seq_length=t.max_seq_length,
+        max_seq_length_explicit="max_seq_length" in job.explicitly_set,
+        resume_from=resume,
+        save_model_dir=t.save_model_dir,
+        packing=t.packing,
+        padding_free=job.padding_free,
+        pad_to_multiple_of=t.pad_to_multiple_of,
+        enable_reduce_loss_sum=t.enable_reduce_loss_sum,
+        cache_dir=t.cache_dir,
+        trackers=trackers,
+        exp_metadata=metadata,
+        experiment=job.tracking.experiment,
+        process_data_only=job.data.do_dataprocessing_only,
+        train_shards=job.data.num_train_dataset_shards,
+        eval_shards=job.data.num_eval_dataset_shards,
+    )
+    return plan, notices

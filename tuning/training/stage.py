@@ -1,0 +1,78 @@
+"""The training stage: model, PEFT, trainer, resume, final save, run summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tuning.models.plan import ModelPlan
+from tuning.training.plan import TrainPlan
+
+logger = logging.getLogger(__name__)
+SUMMARY_NAME = "run_summary.json"
+
+
+def _pack(dataset: Any, max_length: int) -> Any:
+    """Best-fit-decreasing packing of tokenized rows (trl's implementation)."""
+    from trl.data_utils import pack_dataset
+
+    keep = [c for c in dataset.column_names if c not in ("input_ids", "labels")]
+    return pack_dataset(dataset.remove_columns(keep), seq_length=max_length, strategy="bfd")
+
+
+def train(plan: TrainPlan, model_plan: ModelPlan, tokenizer: Any, data: Any, max_length: int):
+    from tuning.models.loading import load_model
+    from tuning.models.peft import apply_peft
+    from tuning.training.collators import check_padding_free
+    from tuning.training.saving import save_final_model
+    from tuning.training.trainer import build_trainer
+
+    model = load_model(model_plan, tokenizer)
+    padding_free = plan.padding_free or plan.packing
+    check_padding_free(model.config._attn_implementation, padding_free)
+    model = apply_peft(model_plan, model)
+    train_dataset = _pack(data.train, max_length) if plan.packing else data.train
+    trainer = build_trainer(
+        plan, model, tokenizer, train_dataset, data.eval, max_length, padding_free
+    )
+    if plan.resume_from:
+        logger.info("Resuming from %s", plan.resume_from)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=plan.resume_from)
+    elapsed = time.perf_counter() - started
+    saved = None
+    if plan.save_model_dir:
+        saved = save_final_model(trainer, plan.save_model_dir)
+        logger.info("Tuned model saved to %s", saved)
+    if trainer.is_world_process_zero():
+        _write_summary(plan, trainer, result, elapsed, saved)
+
+
+def _write_summary(plan: TrainPlan, trainer, result, elapsed, saved) -> None:
+    summary = {
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "seconds": round(elapsed, 2),
+        "resumed_from": plan.resume_from,
+        "save_model_dir": str(saved) if saved else None,
+        "experiment": plan.experiment,
+        "exp_metadata": dict(plan.exp_metadata) if plan.exp_metadata else None,
+        "metrics": result.metrics,
+    }
+    path = Path(plan.output_dir) / SUMMARY_NAME
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_processed_data(plan: TrainPlan, data: Any) -> None:
+    """--do_dataprocessing_only: write the tokenized splits to output_dir and stop."""
+    out = Path(plan.output_dir)
+    splits = {"train": (data.train, plan.train_shards)}
+    if data.eval is not None:
+        splits["validation"] = (data.eval, plan.eval_shards)
+    for name, (dataset, shards) in splits.items():
+        target = out / "processed_data" / name
+        dataset.save_to_disk(str(target), num_shards=shards)
+        logger.info("Processed %s data (%d rows) saved to %s", name, len(dataset), target)
