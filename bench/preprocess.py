@@ -96,6 +96,7 @@ def run_trl(dataset, tokenizer):
 def run_ours_pipeline(rows_file: Path, tokenizer, workdir: Path):
     from tuning.config.schema import DataArgs
     from tuning.data.pipeline import prepare_datasets
+    from tuning.data.plan import plan_data
 
     workdir = Path(tempfile.mkdtemp(dir=workdir))  # fresh cache each run: nothing reused
     config = workdir / "chat.yaml"
@@ -105,7 +106,10 @@ def run_ours_pipeline(rows_file: Path, tokenizer, workdir: Path):
         "        arguments:\n          remove_columns: all\n"
     )
     data = prepare_datasets(
-        DataArgs(data_config_path=str(config)), tokenizer, 4096, cache_dir=str(workdir / "cache")
+        plan_data(DataArgs(data_config_path=str(config))),
+        tokenizer,
+        4096,
+        cache_dir=str(workdir / "cache"),
     )
     return data.train
 

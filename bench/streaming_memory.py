@@ -28,6 +28,7 @@ def child(rows: int, streaming: bool) -> None:
 
     from tuning.config.schema import DataArgs
     from tuning.data.pipeline import prepare_datasets
+    from tuning.data.plan import plan_data
 
     datasets.disable_progress_bars()
     folder = Path(tempfile.mkdtemp())
@@ -47,7 +48,7 @@ def child(rows: int, streaming: bool) -> None:
     )
     tokenizer = AutoTokenizer.from_pretrained(str(REPO / "artifacts" / "tiny-llama"))
     prepared = prepare_datasets(
-        DataArgs(data_config_path=str(config)), tokenizer, 128,
+        plan_data(DataArgs(data_config_path=str(config))), tokenizer, 128,
         cache_dir=str(folder / "cache"),
     )  # fmt: skip
     tokens = sum(len(row["input_ids"]) for row in prepared.train)

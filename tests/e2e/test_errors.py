@@ -80,10 +80,10 @@ def test_debug_log_level_shows_traceback(run_tuner, capsys):
 def test_internal_error_exits_203(run_tuner, data_dir, monkeypatch, capsys):
     from tuning import sft_trainer
 
-    def explode(job):
+    def explode(plan):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(sft_trainer, "run", explode)
+    monkeypatch.setattr(sft_trainer, "execute", explode)
     code, _ = run_tuner("--training_data_path", str(data_dir / "input_output.jsonl"))
     assert code == 203
     assert "disk on fire" in run_tuner.termination_log.read_text()
@@ -144,7 +144,7 @@ def test_flag_and_data_problems_are_reported_together(run_tuner, tmp_path, capsy
     )  # fmt: skip
     assert code == 1
     err = capsys.readouterr().err
-    assert "3 problem(s)" in err
+    assert "has 3 problems" in err
     assert "--exp_metadata" in err and "--fast_moe" in err and "missing.jsonl" in err
 
 

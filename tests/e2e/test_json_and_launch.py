@@ -32,7 +32,6 @@ def _job(tiny_model_dir, data_dir, out) -> dict:
         "max_seq_length": 128,
         "target_modules": ["q_proj", "v_proj"],
         "peft_method": "lora",
-        "accelerate_launch_args": {"num_processes": 1},
         "lr_scheduler_type": "cosine_with_min_lr",
         "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
         "warmup_ratio": 0.1,
@@ -79,7 +78,6 @@ def _env() -> dict[str, str]:
 
 def _flags(tiny_model_dir, data_dir, out) -> list[str]:
     job = _job(tiny_model_dir, data_dir, out)
-    job.pop("accelerate_launch_args")
     job["lr_scheduler_kwargs"] = json.dumps(job["lr_scheduler_kwargs"])
     job["response_template"] = "\\n### Response:"
     flags = []

@@ -243,7 +243,9 @@ def _from_config_file(data_args: DataArgs, problems: Problems) -> DataPlan | Non
         problems.extend(_dataset_problems(i, spec, config, None if chain is None else list(chain)))
     if len(problems) > before:
         return None
-    return DataPlan(config=config, chains=tuple(filter(None, chains)), mode=None, flags=data_args)
+    return DataPlan(
+        config=config, chains=tuple(chain or () for chain in chains), mode=None, flags=data_args
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +328,9 @@ def _from_flags(data_args: DataArgs, seed: int, problems: Problems) -> DataPlan 
     chains = _bind_chains(config, problems)
     if len(problems) > before:
         return None
-    return DataPlan(config=config, chains=tuple(filter(None, chains)), mode=mode, flags=data_args)
+    return DataPlan(
+        config=config, chains=tuple(chain or () for chain in chains), mode=mode, flags=data_args
+    )
 
 
 def _with_seed(plan: DataPlan, seed: int) -> DataPlan:

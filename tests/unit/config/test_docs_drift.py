@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tuning.tools import docs_gen
 from tuning.config.schema import all_flags
+from tuning.tools import docs_gen
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FLAGS_DOC = REPO_ROOT / "docs" / "flags.md"

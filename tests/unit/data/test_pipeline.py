@@ -22,6 +22,7 @@ from datasets import Dataset, DatasetDict, IterableDataset
 from tuning.config.schema import DataArgs
 from tuning.data.labels.base import IGNORE_INDEX
 from tuning.data.pipeline import prepare_datasets
+from tuning.data.plan import plan_data
 from tuning.errors import ConfigError, DataError
 
 X = IGNORE_INDEX
@@ -71,7 +72,10 @@ def trained_text(tokenizer, row) -> str:
 def prepare(tiny_tokenizer, tmp_path):
     def call(max_len: int = 128, **flags):
         return prepare_datasets(
-            DataArgs(**flags), tiny_tokenizer, max_len, cache_dir=str(tmp_path / "hf-cache")
+            plan_data(DataArgs(**flags)),
+            tiny_tokenizer,
+            max_len,
+            cache_dir=str(tmp_path / "hf-cache"),
         )
 
     return call
@@ -183,7 +187,7 @@ def test_pretokenized_rows_refuse_formatting_flags(prepare, tmp_path):
 
 def test_unrecognised_columns(prepare, tmp_path):
     data = write_jsonl(tmp_path / "x.jsonl", [{"question": "a", "answer": "b"}])
-    with pytest.raises(DataError, match="columns are question, answer"):
+    with pytest.raises(ConfigError, match="columns are question, answer"):
         prepare(training_data_path=str(data))
 
 
@@ -213,12 +217,12 @@ def test_plain_text_gets_the_tokenizers_bos_and_chat_text_keeps_one(bos_adding_t
     chat = write_jsonl(tmp_path / "chat.jsonl", chats(1))
     cache = str(tmp_path / "cache")
     row = prepare_datasets(
-        DataArgs(training_data_path=str(io)), bos_adding_tokenizer, 64, cache_dir=cache
+        plan_data(DataArgs(training_data_path=str(io))), bos_adding_tokenizer, 64, cache_dir=cache
     ).train[0]
     assert row["input_ids"] == [1, 623, 964, 347, 553, 21, 553, EOS]
     assert row["labels"] == [X] * 6 + [553, EOS]
     row = prepare_datasets(
-        DataArgs(training_data_path=str(chat)), bos_adding_tokenizer, 64, cache_dir=cache
+        plan_data(DataArgs(training_data_path=str(chat))), bos_adding_tokenizer, 64, cache_dir=cache
     ).train[0]
     assert row["input_ids"][:2] == [1, 4]  # "<s><|system|>": the template's BOS, only once
 
@@ -227,30 +231,32 @@ def test_plain_text_gets_the_tokenizers_bos_and_chat_text_keeps_one(bos_adding_t
 
 
 def test_response_template_never_found_is_an_error_with_count_example_and_fix(prepare, tmp_path):
-    data = write_jsonl(tmp_path / "t.jsonl", complaints(4))
+    # Planning reads the first rows only: the rows past them are the data stage's to check.
+    bad = [{"output": f"### Input: order {i} arrived broken ### Response: x"} for i in range(4)]
+    data = write_jsonl(tmp_path / "t.jsonl", [*complaints(5), *bad])
     with pytest.raises(DataError) as info:
         prepare(
             training_data_path=str(data),
             dataset_text_field="output",
-            response_template=" ### Response:",
+            response_template="\n\n### Response:",
         )
     message = str(info.value)
-    assert "4 of 4 samples in dataset 'training_data'" in message
+    assert "4 of 9 samples in dataset 'training_data'" in message
     assert "order 0 arrived broken" in message
-    assert "' ### Response:' never occurs" in message
+    assert "'\\n\\n### Response:' never occurs" in message
     assert "leading whitespace/newline" in message
 
 
 def test_zero_label_tolerance_drops_and_counts(prepare, tmp_path):
-    rows = [*complaints(3), {"output": "no template here"}]
+    rows = [*complaints(7), {"output": "no template here"}]  # past the rows planning reads
     data = write_jsonl(tmp_path / "t.jsonl", rows)
     args = dict(training_data_path=str(data), dataset_text_field="output")
-    with pytest.raises(DataError, match="1 of 4 samples"):
+    with pytest.raises(DataError, match="1 of 8 samples"):
         prepare(**args, response_template="\n### Response:")
-    prepared = prepare(**args, response_template="\n### Response:", zero_label_tolerance=0.25)
-    assert len(prepared.train) == 3
+    prepared = prepare(**args, response_template="\n### Response:", zero_label_tolerance=0.125)
+    assert len(prepared.train) == 7
     report = prepared.report.dataset("training_data")
-    assert (report.rows, report.zero_label_rows) == (4, 1)
+    assert (report.rows, report.zero_label_rows) == (8, 1)
     assert report.zero_label_example == "no template here</s>"
 
 
@@ -441,7 +447,7 @@ def test_streaming_config_in_memory_when_not_allowed(tiny_tokenizer, tmp_path, c
         """
     )
     prepared = prepare_datasets(
-        DataArgs(data_config_path=path), tiny_tokenizer, 64, streaming_ok=False
+        plan_data(DataArgs(data_config_path=path)), tiny_tokenizer, 64, streaming_ok=False
     )
     assert not prepared.streaming and len(prepared.train) == 5
 
@@ -928,7 +934,7 @@ def test_fms_shipped_config_shape_runs(shape, fms_data, tmp_path, tiny_tokenizer
     path = tmp_path / f"{shape}.yaml"
     path.write_text(string.Template(text).substitute(fms_data), encoding="utf-8")
     prepared = prepare_datasets(
-        DataArgs(data_config_path=str(path), **flags),
+        plan_data(DataArgs(data_config_path=str(path), **flags)),
         tiny_tokenizer,
         256,
         cache_dir=str(tmp_path / "cache"),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tuning.tools import preview
 from tuning.data.labels.base import IGNORE_INDEX
+from tuning.tools import preview
 
 X = IGNORE_INDEX
 REPO = Path(__file__).resolve().parents[3]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datasets import Dataset
 
-from tuning.training.run import _pack
+from tuning.training.stage import _pack
 
 
 def test_bfd_packing_keeps_labels_aligned_and_fits():

@@ -1,8 +1,8 @@
-"""Tests for tuning/data/preflight.py: every data problem, found before any model loads.
+"""Tests for tuning/data/plan.py: every data problem, found before any model loads.
 
 Why: a bad path, column, handler argument or template should fail in well under a second with
 the flag or key path and the fix, not after minutes of model loading (or never, as in fms,
-which trains on nothing when the response template is absent). Preflight must not import torch,
+which trains on nothing when the response template is absent). Planning must not import torch,
 transformers or datasets.
 """
 
@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tuning.config.schema import DataArgs
-from tuning.data.preflight import chat_template_problem, preflight_data
+from tuning.data.plan import build_data_plan, chat_template_problem
+from tuning.problems import Problems
 
 REPO = Path(__file__).resolve().parents[3]
 SHIPPED = sorted((REPO / "data_configs").glob("*.yaml"))
@@ -36,7 +37,10 @@ def config(tmp_path: Path, text: str) -> str:
 
 
 def problems(**flags) -> list[str]:
-    return preflight_data(DataArgs(**flags))
+    found = Problems()
+    plan = build_data_plan(DataArgs(**flags), 42, found)
+    assert (plan is None) == bool(found), "a plan is made exactly when nothing is wrong"
+    return found.items
 
 
 def one(**flags) -> str:
@@ -56,7 +60,7 @@ def text(tmp_path) -> str:
     return write_jsonl(tmp_path / "text.jsonl", rows)
 
 
-def test_preflight_imports_no_torch_transformers_or_datasets(tmp_path, io):
+def test_planning_imports_no_torch_transformers_or_datasets(tmp_path, io):
     data_config = config(
         tmp_path,
         f"""\
@@ -73,10 +77,10 @@ def test_preflight_imports_no_torch_transformers_or_datasets(tmp_path, io):
         f"""
         import sys
         from tuning.config.schema import DataArgs
-        from tuning.data.preflight import preflight_data
-        assert preflight_data(DataArgs(data_config_path={data_config!r})) == []
-        assert preflight_data(DataArgs(training_data_path={io!r})) == []
-        assert preflight_data(DataArgs(training_data_path={parquet!r})) == []
+        from tuning.data.plan import plan_data
+        assert plan_data(DataArgs(data_config_path={data_config!r})).mode is None
+        assert plan_data(DataArgs(training_data_path={io!r})).mode == "input_output"
+        assert plan_data(DataArgs(training_data_path={parquet!r})).mode == "pretokenized"
         heavy = [m for m in ("torch", "transformers", "datasets") if m in sys.modules]
         assert not heavy, heavy
         """
