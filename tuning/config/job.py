@@ -48,6 +48,8 @@ class JobConfig:
     hf_training: Mapping[str, Any] = field(default_factory=dict)
     explicitly_set: frozenset[str] = frozenset()
     notices: tuple[str, ...] = ()
+    # transformers-4 flags transformers 5 dropped; the plan gives each its meaning or refuses it
+    legacy: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def padding_free(self) -> bool:
@@ -59,6 +61,7 @@ class JobConfig:
         for name in SECTIONS:
             out.update(getattr(self, name).model_dump(mode="json"))
         out.update(self.hf_training)
+        out.update(self.legacy)
         return {key: _redact(key, value) for key, value in sorted(out.items())}
 
 
@@ -97,6 +100,7 @@ def build_job_config(values: Mapping[str, Any]) -> JobConfig:
     by_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     hf_training: dict[str, Any] = {}
     notices: list[str] = []
+    legacy: dict[str, Any] = {}
     for name, value in values.items():
         spec = flags[name]
         if spec.section in by_section:
@@ -109,7 +113,7 @@ def build_job_config(values: Mapping[str, Any]) -> JobConfig:
                 hf_training[target] = value
                 notices.append(f"--{name} is the older spelling of --{target}; using it as such.")
             else:
-                notices.append(f"--{name} has no effect in tuneforge (kept for fms jobs).")
+                legacy[name] = value
     problems: list[str] = []
     sections = {}
     for name, model in SECTIONS.items():
@@ -123,6 +127,7 @@ def build_job_config(values: Mapping[str, Any]) -> JobConfig:
         hf_training=hf_training,
         explicitly_set=frozenset(values),
         notices=tuple(notices),
+        legacy=legacy,
     )
     if problems:
         raise ConfigError(numbered("The configuration", problems))

@@ -298,6 +298,13 @@ LEGACY_TRAINING_FLAGS = {
     "logging_dir": None,
     "save_safetensors": None,
 }
+# What the transformers-4 flags without a successor mean here (the plan implements each).
+LEGACY_MEANINGS = {
+    "overwrite_output_dir": "true: start fresh even when output_dir holds checkpoints (unless "
+    "--resume_from_checkpoint says otherwise).",
+    "logging_dir": "Where TensorBoard writes (--trackers tensorboard); default output_dir/runs.",
+    "save_safetensors": "Weights are always saved as safetensors; false is refused.",
+}
 # Value kinds of the legacy flags (booleans may be given bare, as in transformers 4).
 _LEGACY_KINDS = {"overwrite_output_dir": "bool", "save_safetensors": "bool"}
 
@@ -375,11 +382,7 @@ def all_flags() -> dict[str, FlagSpec]:
     for name, help_text in LAUNCHER_KEYS.items():
         flags[name] = FlagSpec(name, "launcher", "json", None, help_text)
     for name, target in LEGACY_TRAINING_FLAGS.items():
-        note = (
-            f"Older spelling of {target}."
-            if target
-            else "Accepted for fms compatibility; no effect."
-        )
+        note = f"Older spelling of {target}." if target else LEGACY_MEANINGS[name]
         flags[name] = FlagSpec(name, "legacy", _LEGACY_KINDS.get(name, "str"), None, note)
     return flags
 

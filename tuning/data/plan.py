@@ -35,6 +35,17 @@ from tuning.errors import UserError, did_you_mean
 from tuning.problems import Problems
 
 PEEK_ROWS = 5
+# The data flags the data stage itself reads (finishing rows no handler tokenized, the chat
+# template, the zero-label tolerance); the others become the data config or other slices.
+ROW_FLAGS = (
+    "response_template",
+    "instruction_template",
+    "dataset_text_field",
+    "data_formatter_template",
+    "dataset_conversation_field",
+    "chat_template",
+    "zero_label_tolerance",
+)
 _PLACEHOLDER_SPECIALS = {"bos_token": "", "eos_token": "", "pad_token": "", "unk_token": ""}
 
 
@@ -42,7 +53,7 @@ _PLACEHOLDER_SPECIALS = {"bos_token": "", "eos_token": "", "pad_token": "", "unk
 class DataPlan:
     """What the data stage runs: the data config (loaded or built from the flags) with every
     handler chain bound, the flag-only mode when there is one, and the data flags that finish
-    rows no handler tokenized (templates, text column, zero-label tolerance)."""
+    rows no handler tokenized (ROW_FLAGS only)."""
 
     config: DataConfig
     chains: tuple[tuple[BoundHandler, ...], ...]
@@ -243,9 +254,7 @@ def _from_config_file(data_args: DataArgs, problems: Problems) -> DataPlan | Non
         problems.extend(_dataset_problems(i, spec, config, None if chain is None else list(chain)))
     if len(problems) > before:
         return None
-    return DataPlan(
-        config=config, chains=tuple(chain or () for chain in chains), mode=None, flags=data_args
-    )
+    return _data_plan(config, chains, None, data_args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,9 +337,19 @@ def _from_flags(data_args: DataArgs, seed: int, problems: Problems) -> DataPlan 
     chains = _bind_chains(config, problems)
     if len(problems) > before:
         return None
-    return DataPlan(
-        config=config, chains=tuple(chain or () for chain in chains), mode=mode, flags=data_args
-    )
+    return _data_plan(config, chains, mode, data_args)
+
+
+def _data_plan(
+    config: DataConfig,
+    chains: list[tuple[BoundHandler, ...] | None],
+    mode: str | None,
+    data_args: DataArgs,
+) -> DataPlan:
+    """The plan once every chain bound (callers return early on any problem)."""
+    bound = tuple(chain or () for chain in chains)
+    flags = DataArgs(**{name: getattr(data_args, name) for name in ROW_FLAGS})
+    return DataPlan(config=config, chains=bound, mode=mode, flags=flags)
 
 
 def _with_seed(plan: DataPlan, seed: int) -> DataPlan:

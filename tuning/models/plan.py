@@ -95,6 +95,11 @@ def build_model_plan(job: JobConfig, problems: Problems) -> ModelPlan | None:
             problems.add(f"--{flag} {value!r} does not exist.")
     if a.quantization_method == "mxfp4" and m.model_name_or_path:
         problems.add(mxfp4_problem(m.model_name_or_path))
+    if a.quantization_method == "none" and not a.dequantize:
+        problems.add(
+            "--dequantize false only applies to a quantized checkpoint (--quantization_method "
+            "mxfp4); drop it."
+        )
     problems.extend(_peft_problems(peft))
     fa3 = m.use_flash_attn and m.flash_attn_implementation == "fa3"
     if fa3 and importlib.util.find_spec("kernels") is None:

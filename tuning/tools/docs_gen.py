@@ -18,6 +18,7 @@ from typing import Any
 from tuning.config.parse import JSON_ENV_VAR, JSON_PATH_VAR
 from tuning.config.schema import (
     LAUNCHER_KEYS,
+    LEGACY_MEANINGS,
     LEGACY_TRAINING_FLAGS,
     SECTIONS,
     FlagSpec,
@@ -177,7 +178,7 @@ def render_flags_markdown() -> str:
         [
             (
                 f"`--{name}`",
-                f"Older spelling of `--{target}`." if target else "Accepted; has no effect.",
+                f"Older spelling of `--{target}`." if target else cell(LEGACY_MEANINGS[name]),
             )
             for name, target in LEGACY_TRAINING_FLAGS.items()
         ],

@@ -1,5 +1,6 @@
 """Turn the planned trackers into what the Trainer runs: our own callbacks (file_logger, Aim)
-and the environment transformers' integrations read (MLflow). Main process only reports."""
+and the environment transformers' integrations read (MLflow, TensorBoard). Main process only
+reports."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def tracker_callbacks(plan: TrainPlan) -> list[Any]:
             callbacks.append(FileLoggerCallback(path))
         elif tracker.name == "aim":
             callbacks.append(_aim_callback(settings, plan))
+        elif tracker.name == "tensorboard" and settings.get("logging_dir"):
+            os.environ["TENSORBOARD_LOGGING_DIR"] = settings["logging_dir"]
         elif tracker.name == "mlflow":
             os.environ["MLFLOW_TRACKING_URI"] = settings["mlflow_tracking_uri"]
             if settings.get("mlflow_experiment"):

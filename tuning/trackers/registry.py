@@ -63,6 +63,7 @@ for _info in (
         package="tensorboard",
         extra="tensorboard",
         report_to="tensorboard",
+        settings=("logging_dir",),
     ),
     TrackerInfo(
         "wandb",

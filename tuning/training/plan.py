@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning.config.job import JobConfig
-from tuning.config.schema import LAUNCHER_KEYS, hf_training_fields
+from tuning.config.schema import LAUNCHER_KEYS, TrackerArgs, hf_training_fields
 from tuning.data.plan import DataPlan
 from tuning.errors import ConfigError
 from tuning.problems import Problems
@@ -174,10 +174,8 @@ def _tracker_plans(job: JobConfig, problems: Problems) -> tuple[TrackerPlan, ...
                 f"not installed. Install it with: pip install 'tuneforge[{info.extra}]'"
             )
     for info in TRACKERS.entries().values():
-        defaults = type(job.tracking).model_fields
         for flag in info.settings:
-            value = getattr(job.tracking, flag)
-            if info.name not in chosen and value != defaults[flag].default:
+            if info.name not in chosen and _setting(job, flag) != _setting_default(flag):
                 problems.add(
                     f"--{flag} configures the {info.name} tracker, which is not selected: add "
                     f"--trackers {info.name} (with the others you want) or drop --{flag}."
@@ -185,9 +183,21 @@ def _tracker_plans(job: JobConfig, problems: Problems) -> tuple[TrackerPlan, ...
     return tuple(_tracker_plan(info, job, problems) for info in chosen.values())
 
 
+def _setting(job: JobConfig, flag: str) -> Any:
+    """A tracker setting: a tracking flag, or an older TrainingArguments one (logging_dir)."""
+    if flag in type(job.tracking).model_fields:
+        return getattr(job.tracking, flag)
+    return job.legacy.get(flag)
+
+
+def _setting_default(flag: str) -> Any:
+    field = TrackerArgs.model_fields.get(flag)
+    return field.default if field is not None else None
+
+
 def _tracker_plan(info: TrackerInfo, job: JobConfig, problems: Problems) -> TrackerPlan:
     t = job.tracking
-    settings: dict[str, Any] = {flag: getattr(t, flag) for flag in info.settings}
+    settings: dict[str, Any] = {flag: _setting(job, flag) for flag in info.settings}
     if info.name == "aim":
         remote = t.aim_remote_server_ip, t.aim_remote_server_port
         if any(v is not None for v in remote) and None in remote:
@@ -227,8 +237,9 @@ def _exp_metadata(job: JobConfig, problems: Problems) -> Mapping[str, Any] | Non
     return value
 
 
-def _unbuilt(job: JobConfig) -> list[str]:
-    """Accepted flags whose feature tuneforge does not build yet: stop, never ignore them."""
+def _refused(job: JobConfig) -> list[str]:
+    """Accepted flags that would do nothing here (features not built yet, settings tuneforge
+    decides itself): stop, never ignore them."""
     a = job.acceleration
     problems = [
         f"--{plugin} is an fms acceleration-plugin flag that tuneforge does not build yet; "
@@ -243,6 +254,15 @@ def _unbuilt(job: JobConfig) -> list[str]:
         )
     if job.data.dataset_image_field:
         problems.append("--dataset_image_field: vision-language tuning is not built yet.")
+    if job.legacy.get("save_safetensors") is False:
+        problems.append(
+            "--save_safetensors false: transformers 5 always saves safetensors; drop the flag."
+        )
+    if "remove_unused_columns" in job.hf_training:
+        problems.append(
+            "--remove_unused_columns: tuneforge hands the trainer exactly the columns it "
+            "prepared (input_ids, labels), so this flag cannot apply; drop it."
+        )
     for key in LAUNCHER_KEYS:
         if key in job.explicitly_set:
             problems.append(
@@ -289,7 +309,7 @@ def build_train_plan(
         problems.add("--output_dir is required: where checkpoints and logs go.")
     strategies, notices = _strategies(job, problems)
     problems.extend(_range_problems(job))
-    problems.extend(_unbuilt(job))
+    problems.extend(_refused(job))
     problems.extend(_data_problems(job, data, strategies))
     if t.packing and job.padding_free:
         problems.add("--packing already packs padding-free; drop --padding_free.")
@@ -299,7 +319,14 @@ def build_train_plan(
         value = getattr(t, flag)
         if value:
             problems.add(_path_problem(flag, value))
-    resume, problem = resolve_resume(t.output_dir or ".", t.resume_from_checkpoint)
+    resume_flag = t.resume_from_checkpoint
+    if job.legacy.get("overwrite_output_dir") and resume_flag is None:
+        resume_flag = "false"
+        notices.append(
+            "--overwrite_output_dir true: starting fresh; checkpoints already in output_dir are "
+            "not resumed (set --resume_from_checkpoint to resume one)."
+        )
+    resume, problem = resolve_resume(t.output_dir or ".", resume_flag)
     problems.add(problem)
     if not t.output_dir:
         return None, notices
