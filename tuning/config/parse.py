@@ -229,21 +229,38 @@ def read_json_job(environ: Mapping[str, str]) -> tuple[dict[str, Any], str] | No
         return _loads(text, source), source
     path = environ.get(JSON_PATH_VAR)
     if path:
-        source = f"JSON config file {path} (${JSON_PATH_VAR})"
+        is_yaml = Path(path).suffix.lower() in (".yaml", ".yml")
+        source = f"{'YAML' if is_yaml else 'JSON'} config file {path} (${JSON_PATH_VAR})"
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
                 f"{source} cannot be read: {exc.strerror}. Point ${JSON_PATH_VAR} at an existing "
-                "JSON file."
+                "JSON or YAML job file."
             ) from None
         except UnicodeDecodeError as exc:
             raise ConfigError(
                 f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8 "
                 "JSON."
             ) from None
-        return _loads(text, source), source
+        return (_load_yaml(text, source) if is_yaml else _loads(text, source)), source
     return None
+
+
+def _load_yaml(text: str, source: str) -> dict[str, Any]:
+    """A job kept in YAML: the same keys as the JSON job, just as strict."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"{source} is not valid YAML{where}: {problem}. Fix the syntax."
+        ) from None
+    return parse_json_object({} if data is None else data, source)
 
 
 def _loads(text: str, source: str) -> dict[str, Any]:

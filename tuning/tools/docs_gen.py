@@ -59,7 +59,15 @@ JSON job is reported in one message.
   by `{JSON_PATH_VAR}`, or base64-encoded (`base64 -w0 config.json`) in
   `{JSON_ENV_VAR}`; the base64 variable wins when both are set. Values keep their JSON types
   (`"target_modules": ["q_proj", "v_proj"]`, `"packing": true`). Flags given on the command line
-  override the JSON job's keys.
+  override the JSON job's keys. A job file ending in `.yaml` or `.yml` is read as YAML, with the
+  same keys and the same strictness.
+- **Checked before anything loads**: every flag is planned (types, choices, ranges, combinations,
+  paths, trackers and their packages, the data config and the first rows of the data) before
+  any data is tokenized or weights load; all problems are reported in one message. A flag is
+  always used by something or refused: one that would do nothing says so.
+- **Step counts**: `--logging_steps`, `--save_steps` or `--eval_steps` given with their strategy
+  left at its default switch that strategy to `steps`, with one notice (`--logging_steps 1`
+  means per-step logs).
 - **Templates** (`response_template`, `instruction_template`, `data_formatter_template`,
   `chat_template`) have backslash escapes decoded, so `--response_template '\\n### Response:'`
   starts with a real newline.
@@ -157,7 +165,7 @@ def render_flags_markdown() -> str:
         "## Launcher keys",
         "",
         "Keys of the JSON job that the Kubernetes launcher (`build/accelerate_launch.py`) reads. "
-        "The trainer accepts them and does nothing with them.",
+        "That launcher is not built yet, so the trainer refuses them rather than ignore them.",
         "",
     ]
     lines += table(
