@@ -101,4 +101,10 @@ def argv_for(case: Mistake, values: dict[str, str]) -> list[str]:
     for name, value in zip(BASE[::2], BASE[1::2], strict=True):
         if name not in case.drop:
             base += [name, value]
-    return [arg.format(**values) for arg in (*base, *case.args)]
+    return [_fill(arg, values) for arg in (*base, *case.args)]
+
+
+def _fill(arg: str, values: dict[str, str]) -> str:
+    for name, value in values.items():  # not str.format: arguments may hold JSON braces
+        arg = arg.replace("{" + name + "}", value)
+    return arg

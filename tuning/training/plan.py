@@ -63,7 +63,7 @@ class TrainPlan:
     output_dir: str
     arguments: Mapping[str, Any]  # TrainingArguments values (fms defaults, strategies, trackers)
     max_seq_length: int
-    max_seq_length_explicit: bool
+    max_seq_length_explicit: bool  # not the fms default: capping it deserves a warning
     resume_from: str | None
     save_model_dir: str | None
     packing: bool
@@ -342,7 +342,7 @@ def build_train_plan(
         output_dir=t.output_dir,
         arguments=arguments,
         max_seq_length=t.max_seq_length,
-        max_seq_length_explicit="max_seq_length" in job.explicitly_set,
+        max_seq_length_explicit=t.max_seq_length != type(t).model_fields["max_seq_length"].default,
         resume_from=resume,
         save_model_dir=t.save_model_dir,
         packing=t.packing,
