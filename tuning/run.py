@@ -32,10 +32,13 @@ def execute(plan: RunPlan) -> None:
     from tuning.data.pipeline import prepare_datasets
     from tuning.models.tokenizer import effective_max_length, load_tokenizer
     from tuning.training.stage import save_processed_data, train
+    from tuning.training.trainer import sft_config
 
     tokenizer = load_tokenizer(plan.model)
     t = plan.train
     max_length = effective_max_length(t.max_seq_length, t.max_seq_length_explicit, tokenizer)
+    # TrainingArguments' own checks need transformers: run them before any tokenization
+    args = None if t.process_data_only else sft_config(t, max_length)
     data = prepare_datasets(
         plan.data,
         tokenizer,
@@ -47,4 +50,4 @@ def execute(plan: RunPlan) -> None:
     if t.process_data_only:
         save_processed_data(t, data)
         return
-    train(t, plan.model, tokenizer, data, max_length)
+    train(t, plan.model, args, tokenizer, data, max_length)

@@ -307,6 +307,8 @@ LEGACY_MEANINGS = {
 }
 # Value kinds of the legacy flags (booleans may be given bare, as in transformers 4).
 _LEGACY_KINDS = {"overwrite_output_dir": "bool", "save_safetensors": "bool"}
+# ...and what transformers 5 does when they are not given.
+_LEGACY_DEFAULTS = {"overwrite_output_dir": False, "save_safetensors": True}
 
 
 @dataclass(frozen=True)
@@ -383,7 +385,8 @@ def all_flags() -> dict[str, FlagSpec]:
         flags[name] = FlagSpec(name, "launcher", "json", None, help_text)
     for name, target in LEGACY_TRAINING_FLAGS.items():
         note = f"Older spelling of {target}." if target else LEGACY_MEANINGS[name]
-        flags[name] = FlagSpec(name, "legacy", _LEGACY_KINDS.get(name, "str"), None, note)
+        kind, default = _LEGACY_KINDS.get(name, "str"), _LEGACY_DEFAULTS.get(name)
+        flags[name] = FlagSpec(name, "legacy", kind, default, note)
     return flags
 
 

@@ -115,6 +115,21 @@ def _strategies(job: JobConfig, problems: Problems) -> tuple[dict[str, Any], lis
     return chosen, notices
 
 
+# TrainingArguments values that need an optional package: flag -> (package, extra)
+PACKAGE_FLAGS = {"deepspeed": ("deepspeed", "deepspeed")}
+
+
+def _package_problems(job: JobConfig) -> list[str]:
+    problems = []
+    for flag, (package, extra) in PACKAGE_FLAGS.items():
+        if job.hf_training.get(flag) and importlib.util.find_spec(package) is None:
+            problems.append(
+                f"--{flag} needs the optional package '{package}', which is not installed. "
+                f"Install it with: pip install 'tuneforge[{extra}]'"
+            )
+    return problems
+
+
 def _range_problems(job: JobConfig) -> list[str]:
     problems = []
     for name, lowest, _ in LOWER_BOUNDS:
@@ -282,9 +297,12 @@ def _data_problems(job: JobConfig, data: DataPlan | None, strategies: Mapping[st
         spec.split is not None and spec.split.validation > 0 for spec in data.config.datasets
     )
     if strategies["eval_strategy"] not in ("no", None) and not evaluates:
+        cause = f"--eval_strategy {strategies['eval_strategy']}"
+        if "eval_strategy" not in job.explicitly_set:
+            cause = f"--eval_steps {job.hf_training.get('eval_steps')} (so {cause})"
         problems.append(
-            f"--eval_strategy {strategies['eval_strategy']} needs evaluation data: add "
-            "--validation_data_path (or a validation split in the data config)."
+            f"{cause} needs evaluation data: add --validation_data_path (or a validation split "
+            "in the data config)."
         )
     only = job.data.do_dataprocessing_only
     if data.streaming and not only and int(_value(job, "max_steps") or -1) <= 0:
@@ -309,6 +327,7 @@ def build_train_plan(
         problems.add("--output_dir is required: where checkpoints and logs go.")
     strategies, notices = _strategies(job, problems)
     problems.extend(_range_problems(job))
+    problems.extend(_package_problems(job))
     problems.extend(_refused(job))
     problems.extend(_data_problems(job, data, strategies))
     if t.packing and job.padding_free:

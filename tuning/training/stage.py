@@ -23,7 +23,9 @@ def _pack(dataset: Any, max_length: int) -> Any:
     return pack_dataset(dataset.remove_columns(keep), seq_length=max_length, strategy="bfd")
 
 
-def train(plan: TrainPlan, model_plan: ModelPlan, tokenizer: Any, data: Any, max_length: int):
+def train(
+    plan: TrainPlan, model_plan: ModelPlan, args: Any, tokenizer: Any, data: Any, max_length: int
+) -> None:
     from tuning.models.loading import load_model
     from tuning.models.peft import apply_peft
     from tuning.training.collators import check_padding_free
@@ -35,9 +37,7 @@ def train(plan: TrainPlan, model_plan: ModelPlan, tokenizer: Any, data: Any, max
     check_padding_free(model.config._attn_implementation, padding_free)
     model = apply_peft(model_plan, model)
     train_dataset = _pack(data.train, max_length) if plan.packing else data.train
-    trainer = build_trainer(
-        plan, model, tokenizer, train_dataset, data.eval, max_length, padding_free
-    )
+    trainer = build_trainer(plan, args, model, tokenizer, train_dataset, data.eval, padding_free)
     if plan.resume_from:
         logger.info("Resuming from %s", plan.resume_from)
     started = time.perf_counter()

@@ -56,7 +56,7 @@ def sft_config(plan: TrainPlan, max_length: int) -> Any:
     )
     try:
         return SFTConfig(**kwargs)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: a JSON mapping with a wrong key
         raise ConfigError(f"Training arguments rejected: {exc}") from exc
 
 
@@ -76,16 +76,16 @@ def _loss_sum_trainer(base: type) -> type:
 
 def build_trainer(
     plan: TrainPlan,
+    args: Any,
     model: Any,
     tokenizer: Any,
     train_dataset: Any,
     eval_dataset: Any | None,
-    max_length: int,
     padding_free: bool,
 ) -> Any:
+    """The trainer, with `args` from sft_config (built before the data, so bad values stop it)."""
     from trl import SFTTrainer
 
-    args = sft_config(plan, max_length)
     trainer_class = _loss_sum_trainer(SFTTrainer) if plan.enable_reduce_loss_sum else SFTTrainer
     callbacks = tracker_callbacks(plan)
     trainer = trainer_class(
