@@ -98,15 +98,26 @@ def test_every_flag_is_read_by_the_plan_or_refused(name, baseline):
         assert any(f"{n}" in str(exc) for n in _names(name)), f"refused without naming it: {exc}"
         return
     assert _slices(plan) != base_slices, f"--{name} is accepted but changes nothing"
-    if spec.section == "hf":
-        # a TrainingArguments value must reach the trainer's arguments as given
-        from tuning.training.trainer import sft_config
+    if spec.section == "hf" and name != "hub_token":  # the token goes to HF_TOKEN, not to disk
+        # a TrainingArguments value must reach the trainer's arguments as given; a boolean both
+        # ways, so a value tuneforge forces cannot hide behind a probe that happens to match it
+        probes = [["true"], ["false"]] if spec.kind == "bool" else [_probe(spec)]
+        for probe in probes:
+            _reaches_the_trainer(spec, [*base_argv, f"--{name}", *probe], probe)
 
-        expected = convert_value(spec, _probe(spec) if spec.kind == "list" else _probe(spec)[0])
-        assert plan.train.arguments[name] == expected
-        try:
-            config = sft_config(plan.train, 128)
-        except ConfigError:
-            return  # TrainingArguments itself rejects this value alone: not ignored either
-        if name != "hub_token":  # handed to huggingface_hub via HF_TOKEN, never stored
-            assert _sft_value(config, name) == expected
+
+def _reaches_the_trainer(spec: FlagSpec, argv: list[str], probe: list[str]) -> None:
+    from tuning.training.trainer import sft_config
+
+    try:
+        plan = _plan(argv)
+    except ConfigError as exc:
+        assert spec.name in str(exc)
+        return
+    expected = convert_value(spec, probe if spec.kind == "list" else probe[0])
+    assert plan.train.arguments[spec.name] == expected
+    try:
+        config = sft_config(plan.train, 128)
+    except ConfigError:
+        return  # TrainingArguments itself rejects this value alone: not ignored either
+    assert _sft_value(config, spec.name) == expected, f"--{spec.name} is overridden"
