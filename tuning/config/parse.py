@@ -17,6 +17,7 @@ from typing import Any
 
 from tuning.config.schema import FlagSpec, alias_table, all_flags
 from tuning.errors import ConfigError, did_you_mean
+from tuning.problems import numbered
 
 JSON_ENV_VAR = "SFT_TRAINER_CONFIG_JSON_ENV_VAR"
 JSON_PATH_VAR = "SFT_TRAINER_CONFIG_JSON_PATH"
@@ -155,17 +156,14 @@ class _Collector:
 
     def finish(self) -> dict[str, Any]:
         if self.problems:
-            raise ConfigError(
-                f"Invalid {self.source}: "
-                + " ".join(f"({i}) {p}" for i, p in enumerate(self.problems, 1))
-                + " Run with --help to list every flag."
-            )
+            message = numbered(self.source, self.problems)
+            raise ConfigError(f"{message} Run with --help to list every flag.")
         return self.values
 
 
 def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
     """Parse '--name value [value ...]' and '--name=value' flags; bare booleans mean true."""
-    collector = _Collector("command line")
+    collector = _Collector("The command line")
     index = 0
     argv = list(argv)
     while index < len(argv):

@@ -434,7 +434,7 @@ def test_every_problem_is_reported_in_one_message():
             ]
         )
     message = str(excinfo.value)
-    assert message.startswith("Invalid command line: (1) ")
+    assert message.startswith("The command line has 6 problems: (1) ")
     assert problem_count(message) == 6
     for needle in ("stray", "learnin_rate", "max_seq_length", "qlora", "keep one", "output_dir"):
         assert needle in message
@@ -444,7 +444,7 @@ def test_every_json_problem_is_reported_in_one_message():
     with pytest.raises(ConfigError) as excinfo:
         parse_json_object({"packing": "sometimes", "lora_rr": 4, "torch_dtype": "fp8"}, "my job")
     message = str(excinfo.value)
-    assert message.startswith("Invalid my job: ")
+    assert message.startswith("my job has 3 problems: (1) ")
     assert problem_count(message) == 3
 
 
