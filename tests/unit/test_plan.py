@@ -156,7 +156,9 @@ def test_step_count_switches_a_default_strategy_with_one_notice(tiny_model_dir, 
 
 
 def test_eval_steps_without_eval_data_is_refused(tiny_model_dir, tmp_path):
-    with pytest.raises(ConfigError, match=r"--eval_steps 5.0 \(so --eval_strategy steps\) needs evaluation data"):
+    with pytest.raises(
+        ConfigError, match=r"--eval_steps 5.0 \(so --eval_strategy steps\) needs evaluation data"
+    ):
         _plan(*_base(tiny_model_dir, tmp_path / "o"), "--eval_steps", "5")
 
 
