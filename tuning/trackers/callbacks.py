@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tuning.training.plan import TrainPlan
+from tuning.trackers.registry import TrackerPlan
 
 
-def _aim_callback(settings: dict[str, Any], plan: TrainPlan) -> Any:
+def _aim_callback(settings: dict[str, Any], exp_metadata: Mapping[str, Any] | None) -> Any:
     from aim.hugging_face import AimCallback
 
     class ExportingAimCallback(AimCallback):
@@ -23,8 +24,8 @@ def _aim_callback(settings: dict[str, Any], plan: TrainPlan) -> Any:
             run = getattr(self, "_run", None)
             if run is None or not state.is_world_process_zero:
                 return
-            if plan.exp_metadata:
-                run["exp_metadata"] = dict(plan.exp_metadata)
+            if exp_metadata:
+                run["exp_metadata"] = dict(exp_metadata)
             folder = Path(settings["export_dir"])
             folder.mkdir(parents=True, exist_ok=True)
             record = {"run_hash": run.hash, "repo": settings["repo"]}
@@ -33,18 +34,20 @@ def _aim_callback(settings: dict[str, Any], plan: TrainPlan) -> Any:
     return ExportingAimCallback(repo=settings["repo"], experiment=settings["experiment"])
 
 
-def tracker_callbacks(plan: TrainPlan) -> list[Any]:
+def tracker_callbacks(
+    trackers: tuple[TrackerPlan, ...], output_dir: str, exp_metadata: Mapping[str, Any] | None
+) -> list[Any]:
     """Callbacks for the trackers tuneforge drives itself; environment for the others."""
     from tuning.trackers.file_logger import FileLoggerCallback
 
     callbacks: list[Any] = []
-    for tracker in plan.trackers:
+    for tracker in trackers:
         settings = dict(tracker.settings)
         if tracker.name == "file_logger":
-            path = Path(plan.output_dir) / settings["training_logs_filename"]
+            path = Path(output_dir) / settings["training_logs_filename"]
             callbacks.append(FileLoggerCallback(path))
         elif tracker.name == "aim":
-            callbacks.append(_aim_callback(settings, plan))
+            callbacks.append(_aim_callback(settings, exp_metadata))
         elif tracker.name == "tensorboard" and settings.get("logging_dir"):
             os.environ["TENSORBOARD_LOGGING_DIR"] = settings["logging_dir"]
         elif tracker.name == "mlflow":

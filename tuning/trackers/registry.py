@@ -7,7 +7,9 @@ no tracker's settings are given without the tracker; nothing here imports a trac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from tuning.registry import Registry
 
@@ -23,6 +25,15 @@ class TrackerInfo:
     report_to: str | None = None  # the transformers integration that drives it, if any
     settings: tuple[str, ...] = ()  # flags that configure this tracker only
     aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrackerPlan:
+    """One tracker to run, with its own settings."""
+
+    name: str
+    report_to: str | None
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 TRACKERS: Registry[TrackerInfo] = Registry("tracker")

@@ -87,7 +87,7 @@ def build_trainer(
     from trl import SFTTrainer
 
     trainer_class = _loss_sum_trainer(SFTTrainer) if plan.enable_reduce_loss_sum else SFTTrainer
-    callbacks = tracker_callbacks(plan)
+    callbacks = tracker_callbacks(plan.trackers, plan.output_dir, plan.exp_metadata)
     trainer = trainer_class(
         model=model,
         args=args,
