@@ -97,6 +97,13 @@ class Registry(Generic[E]):
         self._load_builtins()
         return [*self._entries, *self._aliases]
 
+    def doc_rows(self) -> list[tuple[str, str, str]]:
+        """(name, older names, description) per entry, for the generated reference pages."""
+        return [
+            (name, ", ".join(entry.aliases), " ".join(str(getattr(entry, "doc", "")).split()))
+            for name, entry in self.entries().items()
+        ]
+
     def resolve(self, name: str) -> E:
         """The entry for a name, an older alias (with one notice) or an import path."""
         if ":" in name and self._from_import_path is not None:

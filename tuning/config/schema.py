@@ -256,17 +256,28 @@ class TrackerArgs(_Section):
 
     trackers: list[str] = Field(
         ["file_logger"],
-        description="Trackers to use: file_logger (default), aim, mlflow, tensorboard, none.",
+        description="Trackers to use: file_logger (default), aim, mlflow, tensorboard, wandb, "
+        "none (see the Trackers table). --report_to names the same trackers.",
         json_schema_extra=_extra(aliases=("tracker",)),
     )
     training_logs_filename: str = Field(
         "training_logs.jsonl", description="file_logger's file name inside output_dir."
     )
-    experiment: str | None = Field(None, description="Experiment name for all trackers.")
-    exp_metadata: str | None = Field(
-        None, description="JSON object string of metadata recorded with the run."
+    experiment: str | None = Field(
+        None,
+        description="Experiment name for all trackers (the run name; Aim's and MLflow's "
+        "experiment unless --aim_experiment / --mlflow_experiment say otherwise).",
     )
-    run_uri_export_path: str | None = Field(None, description="File to write the run's URI to.")
+    exp_metadata: str | None = Field(
+        None,
+        description="JSON object string of metadata recorded with the run (run_summary.json, "
+        "and the Aim run).",
+    )
+    run_uri_export_path: str | None = Field(
+        None,
+        description="With --trackers aim: folder to write aim_tracker.json (the run hash) to; "
+        "default output_dir.",
+    )
     aim_experiment: str | None = Field(None, description="Aim experiment name.")
     aim_repo: str | None = Field(None, description="Aim repository path.")
     aim_remote_server_ip: str | None = Field(None, description="Aim remote server host.")

@@ -118,6 +118,29 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
+def _trackers_section() -> list[str]:
+    """The tracker registry: what --trackers and --report_to accept."""
+    from tuning.trackers.registry import TRACKERS
+
+    entries = TRACKERS.entries()
+    lines = [
+        "",
+        "## Trackers",
+        "",
+        "`--trackers` and `--report_to` take the same names (one registry); every value of either "
+        "is used or is an error. A tracker's settings given without the tracker are an error too. "
+        "Only the main process reports.",
+        "",
+    ]
+    rows = []
+    for name, _, doc in TRACKERS.doc_rows():
+        info = entries[name]
+        install = f"`pip install 'tuneforge[{info.extra}]'`" if info.extra else "built in"
+        settings = ", ".join(f"`--{flag}`" for flag in info.settings) or "none"
+        rows.append((f"`{name}`", install, settings, cell(doc)))
+    return lines + table(("tracker", "needs", "settings", "what it does"), rows)
+
+
 def render_flags_markdown() -> str:
     """docs/flags.md: how flags are given, then one table per schema section."""
     flags = all_flags()
@@ -134,6 +157,7 @@ def render_flags_markdown() -> str:
             ],
         )
 
+    lines += _trackers_section()
     passthrough = [spec for spec in flags.values() if spec.section == "hf"]
     lines += [
         "",
