@@ -220,7 +220,6 @@ def data_config_for(mode: str, data_args: DataArgs, seed: int = 42) -> DataConfi
                 data_handlers=handlers,
             )
         )
-    logger.info("No data config: processing the data as %s.", mode)
     return DataConfig(
         dataprocessor=DataProcessorSpec(
             seed=seed, max_zero_label_fraction=data_args.zero_label_tolerance

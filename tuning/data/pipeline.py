@@ -328,6 +328,8 @@ def prepare_datasets(
     the processed data). Raises DataError for what only the data itself can show.
     """
     require_fast_tokenizer(tokenizer)
+    if plan.mode is not None:
+        logger.info("No data config: processing the data as %s.", plan.mode)
     config = plan.config
     streaming = config.dataprocessor.streaming and streaming_ok
     if config.dataprocessor.streaming and not streaming_ok:
