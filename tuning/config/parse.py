@@ -17,7 +17,7 @@ from typing import Any
 
 from tuning.config.schema import FlagSpec, alias_table, all_flags
 from tuning.errors import ConfigError, did_you_mean
-from tuning.problems import numbered
+from tuning.problems import Problems, numbered
 
 JSON_ENV_VAR = "SFT_TRAINER_CONFIG_JSON_ENV_VAR"
 JSON_PATH_VAR = "SFT_TRAINER_CONFIG_JSON_PATH"
@@ -129,7 +129,7 @@ class _Collector:
 
     def __init__(self, source: str):
         self.source = source
-        self.problems: list[str] = []
+        self.problems = Problems()
         self.values: dict[str, Any] = {}
         self.given_as: dict[str, str] = {}
 
@@ -137,10 +137,10 @@ class _Collector:
         canonical = alias_table().get(spelled)
         if canonical is None:
             hint = did_you_mean(spelled, alias_table().keys())
-            self.problems.append(f"unknown {shown} '{spelled}'.{hint}")
+            self.problems.add(f"unknown {shown} '{spelled}'.{hint}")
             return
         if canonical in self.given_as and self.given_as[canonical] != spelled:
-            self.problems.append(
+            self.problems.add(
                 f"{shown} '{spelled}' and '{self.given_as[canonical]}' both set {canonical}; "
                 "keep one."
             )
@@ -150,13 +150,13 @@ class _Collector:
             self.values[canonical] = convert_value(spec, raw)
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             end = "" if str(exc).endswith((".", "?")) else "."
-            self.problems.append(f"{shown} '{spelled}' got {raw!r}: {exc}{end}")
+            self.problems.add(f"{shown} '{spelled}' got {raw!r}: {exc}{end}")
             return
         self.given_as[canonical] = spelled
 
     def finish(self) -> dict[str, Any]:
         if self.problems:
-            message = numbered(self.source, self.problems)
+            message = numbered(self.source, self.problems.items)
             raise ConfigError(f"{message} Run with --help to list every flag.")
         return self.values
 
@@ -169,7 +169,7 @@ def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
     while index < len(argv):
         token = argv[index]
         if not token.startswith("--") or token == "--":
-            collector.problems.append(f"unexpected value {token!r}: values must follow a --flag.")
+            collector.problems.add(f"unexpected value {token!r}: values must follow a --flag.")
             index += 1
             continue
         name, eq, inline = token[2:].partition("=")
@@ -187,7 +187,7 @@ def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
         if spec.kind == "bool" and not values:
             values = ["true"]
         if not values:
-            collector.problems.append(f"flag --{name} needs a value.")
+            collector.problems.add(f"flag --{name} needs a value.")
             continue
         raw: Any = (
             values

@@ -39,7 +39,7 @@ from tuning.data.report import (
     audit_chat_masks,
 )
 from tuning.data.sources import detect_builder, load_rows, resolve_data_paths
-from tuning.errors import ConfigError, DataError
+from tuning.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
@@ -247,12 +247,7 @@ def _mix(
 ) -> tuple[Any, list[MixtureEntry]]:
     import datasets
 
-    training = [p for p in parts if p.train is not None]
-    if not training:
-        raise ConfigError(
-            "no dataset gives training rows (every split has train: 0); give one dataset a "
-            "training share."
-        )
+    training = [p for p in parts if p.train is not None]  # the config has at least one
     sampled = any(p.spec.sampling is not None for p in training)
     entries = [MixtureEntry(p.spec.name, p.spec.sampling) for p in training]
     tagged = [

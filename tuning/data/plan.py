@@ -231,6 +231,7 @@ def _bind_chains(config: DataConfig, problems: Problems) -> list[tuple[BoundHand
 
 
 def _from_config_file(data_args: DataArgs, problems: Problems) -> DataPlan | None:
+    before = len(problems)
     try:
         config = load_data_config(data_args.data_config_path or "")
     except UserError as exc:
@@ -248,7 +249,6 @@ def _from_config_file(data_args: DataArgs, problems: Problems) -> DataPlan | Non
     else:
         if template:
             problems.add(chat_template_problem(template, "`dataprocessor` chat template"))
-    before = len(problems)
     chains = _bind_chains(config, problems)
     for i, (spec, chain) in enumerate(zip(config.datasets, chains, strict=True)):
         problems.extend(_dataset_problems(i, spec, config, None if chain is None else list(chain)))
@@ -368,16 +368,19 @@ def build_data_plan(data_args: DataArgs, seed: int, problems: Problems) -> DataP
     picked once. Only the first rows of each data file are read, without `datasets`.
     """
     before = len(problems)
-    problems.extend(flag_problems(data_args))
+    conflicts = flag_problems(data_args)
+    problems.extend(conflicts)
     if data_args.chat_template:
         problems.add(chat_template_problem(data_args.chat_template, "--chat_template"))
-    if len(problems) > before:
+    if conflicts:  # which data to read is unclear
         return None
     if data_args.data_config_path:
         plan = _from_config_file(data_args, problems)
     else:
         plan = _from_flags(data_args, seed, problems)
-    return None if plan is None else _with_seed(plan, seed)
+    if plan is None or len(problems) > before:
+        return None
+    return _with_seed(plan, seed)
 
 
 def plan_data(data_args: DataArgs, *, seed: int = 42) -> DataPlan:

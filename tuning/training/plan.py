@@ -31,20 +31,22 @@ STEP_STRATEGIES = (
     ("save_strategy", "save_steps"),
     ("eval_strategy", "eval_steps"),
 )
-# TrainingArguments values that make no sense below a bound: (flag, lowest allowed, inclusive).
-LOWER_BOUNDS = (
-    ("learning_rate", 0.0, True),
-    ("per_device_train_batch_size", 1, True),
-    ("per_device_eval_batch_size", 1, True),
-    ("gradient_accumulation_steps", 1, True),
-    ("eval_accumulation_steps", 1, True),
-    ("warmup_steps", 0.0, True),
-    ("weight_decay", 0.0, True),
-    ("max_grad_norm", 0.0, True),
-    ("dataloader_num_workers", 0, True),
-    ("save_total_limit", 1, True),
-    ("seed", 0, True),
-)
+# TrainingArguments values that make no sense below a bound: flag -> lowest allowed value.
+LOWER_BOUNDS = {
+    "learning_rate": 0.0,
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "eval_accumulation_steps": 1,
+    "warmup_steps": 0.0,
+    "weight_decay": 0.0,
+    "max_grad_norm": 0.0,
+    "dataloader_num_workers": 0,
+    "save_total_limit": 1,
+    "seed": 0,
+}
+# TrainingArguments values that need an optional package: flag -> (package, extra)
+PACKAGE_FLAGS = {"deepspeed": ("deepspeed", "deepspeed")}
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,11 @@ class TrainPlan:
     train_shards: int | None
     eval_shards: int | None
 
-    @property
-    def seed(self) -> int:
-        return int(self.arguments.get("seed", 42))
-
 
 def _value(job: JobConfig, name: str) -> Any:
-    """A TrainingArguments value: the job's (sections or pass-through) or the default."""
-    for section in (job.training,):
-        if name in type(section).model_fields:
-            return getattr(section, name)
+    """A TrainingArguments value: the job's (fms's own default or pass-through) or the default."""
+    if name in type(job.training).model_fields:
+        return getattr(job.training, name)
     if name in job.hf_training:
         return job.hf_training[name]
     return hf_training_fields().get(name, {}).get("default")
@@ -106,10 +103,6 @@ def _strategies(job: JobConfig, problems: Problems) -> tuple[dict[str, Any], lis
     return chosen, notices
 
 
-# TrainingArguments values that need an optional package: flag -> (package, extra)
-PACKAGE_FLAGS = {"deepspeed": ("deepspeed", "deepspeed")}
-
-
 def _package_problems(job: JobConfig) -> list[str]:
     problems = []
     for flag, (package, extra) in PACKAGE_FLAGS.items():
@@ -123,7 +116,7 @@ def _package_problems(job: JobConfig) -> list[str]:
 
 def _range_problems(job: JobConfig) -> list[str]:
     problems = []
-    for name, lowest, _ in LOWER_BOUNDS:
+    for name, lowest in LOWER_BOUNDS.items():
         value = job.hf_training.get(name)
         if value is not None and value < lowest:
             problems.append(f"--{name} must be at least {lowest:g} (got {value}).")

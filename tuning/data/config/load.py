@@ -15,9 +15,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tuning.data.config.migrate import move_top_level_chat_template, notice_older_shapes
 from tuning.data.config.schema import (
-    OLDER_DATASET_KEYS,
-    TEMPLATE_KEYS,
     DataConfig,
     HandlerArguments,
 )
@@ -89,40 +88,6 @@ def _read(path: Path) -> Any:
         ) from exc
 
 
-def _move_top_level_chat_template(raw: dict[str, Any]) -> list[str]:
-    """Older fms configs put `chat_template` at the top level; it belongs to `dataprocessor`."""
-    if "chat_template" not in raw:
-        return []
-    template = raw.pop("chat_template")
-    processor = raw.setdefault("dataprocessor", {})
-    if not isinstance(processor, dict):
-        return []  # the schema reports the bad dataprocessor
-    given = [key for key in TEMPLATE_KEYS if processor.get(key) is not None]
-    if given:
-        return [
-            f"`chat_template` at the top level and `dataprocessor.{given[0]}` both set a chat "
-            "template. Keep one: the top-level key is the older shape of "
-            "dataprocessor.chat_template."
-        ]
-    logger.warning(
-        "Data config: top-level `chat_template` is the older fms-hf-tuning shape; it is used as "
-        "dataprocessor.chat_template. Move it there."
-    )
-    processor["chat_template"] = template
-    return []
-
-
-def _notice_older_shapes(config: DataConfig) -> None:
-    for i, spec in enumerate(config.datasets):
-        for key, (handler, _) in OLDER_DATASET_KEYS.items():
-            if getattr(spec, key) is not None:
-                logger.warning(
-                    f"Data config: `datasets[{i}].{key}` ({spec.name}) is the older "
-                    f"fms-hf-tuning shape; it runs as a {handler} handler before the "
-                    "data_handlers. Move it into data_handlers."
-                )
-
-
 def load_data_config(path: str | Path) -> DataConfig:
     """Read, resolve and validate a data config, raising one ConfigError with every problem."""
     config_path = Path(os.path.abspath(Path(path).expanduser()))
@@ -138,7 +103,7 @@ def load_data_config(path: str | Path) -> DataConfig:
             f"level, but it is a {type(raw).__name__}."
         )
     _resolve_paths_in(raw, config_path.parent)
-    problems = _move_top_level_chat_template(raw)
+    problems = move_top_level_chat_template(raw)
     if "source_path" in raw:  # a model field, but only the loader may set it
         raw.pop("source_path")
         problems.append("`source_path`: unknown key; it is set by tuneforge. Remove it.")
@@ -149,5 +114,5 @@ def load_data_config(path: str | Path) -> DataConfig:
     if problems:
         raise ConfigError(numbered(f"Data config {config_path}", problems))
     config.source_path = config_path
-    _notice_older_shapes(config)
+    notice_older_shapes(config)
     return config

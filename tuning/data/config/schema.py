@@ -270,6 +270,15 @@ class DataConfig(_Strict):
                     )
                 )
             seen.setdefault(dataset.name, index)
+        if self.datasets and not any(d.trains() for d in self.datasets):
+            problems.append(
+                (
+                    ("datasets",),
+                    "no dataset gives training rows (every split has train: 0); give one "
+                    "dataset a training share",
+                    None,
+                )
+            )
         sampled = [(i, d) for i, d in enumerate(self.datasets) if d.sampling is not None]
         if sampled:
             for index, dataset in enumerate(self.datasets):

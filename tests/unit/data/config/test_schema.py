@@ -631,3 +631,14 @@ def test_schema_markdown_is_deterministic_and_describes_every_key() -> None:
     assert "source_path" not in text
     assert '| `sampling_stopping_strategy` | "all_exhausted" \\| "first_exhausted" |' in text
     assert '| `remove_columns` | list[str] \\| "all" \\| null | `null` |' in text
+
+
+def test_a_config_that_trains_on_nothing_is_refused(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"input": "a", "output": "b"}\n')
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        "datasets:\n  - name: only_eval\n    data_paths: [a.jsonl]\n"
+        "    split: {train: 0.0, validation: 1.0}\n"
+    )
+    with pytest.raises(ConfigError, match=r"`datasets`: no dataset gives training rows"):
+        load_data_config(path)
