@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from tuning.plan import RunPlan
 
 RESOLVED_CONFIG_NAME = "tuneforge_config.json"
+logger = logging.getLogger(__name__)
 
 
 def _is_main_process() -> bool:
     """Rank 0 of a distributed launch (or the only process), read from the launcher's env."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def _log_process() -> None:
+    """Which process this is, so a multi-process run shows every rank started."""
+    logger.info(
+        "tuneforge process: rank %s of world size %s (local rank %s)",
+        os.environ.get("RANK", "0"),
+        os.environ.get("WORLD_SIZE", "1"),
+        os.environ.get("LOCAL_RANK", "0"),
+    )
 
 
 def save_resolved_config(plan: RunPlan) -> None:
@@ -34,6 +46,7 @@ def execute(plan: RunPlan) -> None:
     from tuning.training.stage import save_processed_data, train
     from tuning.training.trainer import sft_config
 
+    _log_process()
     tokenizer = load_tokenizer(plan.model)
     t = plan.train
     max_length = effective_max_length(t.max_seq_length, t.max_seq_length_explicit, tokenizer)
