@@ -84,8 +84,13 @@ def _peft_problems(peft: PeftArgs) -> list[str]:
     return problems
 
 
-def build_model_plan(job: JobConfig, problems: Problems) -> ModelPlan | None:
-    """The model slice, or None when the model path is missing (problems added)."""
+def build_model_plan(
+    job: JobConfig, problems: Problems, *, sdpa_only: bool = False
+) -> ModelPlan | None:
+    """The model slice, or None when the model path is missing (problems added).
+
+    `sdpa_only`: the launch (context parallel) allows sdpa attention only; the launch rules
+    already refused an explicit flash-attention request."""
     m, a, peft = job.model, job.acceleration, job.peft
     if not m.model_name_or_path:
         problems.add("--model_name_or_path is required: the base model folder to tune.")
@@ -114,7 +119,7 @@ def build_model_plan(job: JobConfig, problems: Problems) -> ModelPlan | None:
         tokenizer_name_or_path=m.tokenizer_name_or_path or m.model_name_or_path,
         trust_remote_code=m.trust_remote_code,
         torch_dtype=m.torch_dtype,
-        use_flash_attn=m.use_flash_attn,
+        use_flash_attn=m.use_flash_attn and not sdpa_only,
         flash_attn_implementation=m.flash_attn_implementation,
         embedding_size_multiple_of=m.embedding_size_multiple_of,
         mxfp4=a.quantization_method == "mxfp4",

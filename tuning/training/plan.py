@@ -21,6 +21,7 @@ from tuning.data.plan import DataPlan
 from tuning.problems import Problems
 from tuning.trackers.plan import build_tracker_plans
 from tuning.trackers.registry import TrackerPlan
+from tuning.training.distributed import LaunchDecision
 from tuning.training.resume import resolve_resume
 
 UNBUILT_PLUGINS = ("auto_gptq", "bnb_qlora", "fused_lora", "fast_kernels", "multipack", "fast_moe")
@@ -232,9 +233,14 @@ def _data_problems(job: JobConfig, data: DataPlan | None, strategies: Mapping[st
 
 
 def build_train_plan(
-    job: JobConfig, data: DataPlan | None, problems: Problems
+    job: JobConfig,
+    data: DataPlan | None,
+    problems: Problems,
+    launch: LaunchDecision | None = None,
 ) -> tuple[TrainPlan | None, list[str]]:
-    """The training slice (None when output_dir is missing) and its notices."""
+    """The training slice (None when output_dir is missing) and its notices; `launch` is what
+    the launch environment changes (CPU DDP, context-parallel padding)."""
+    launch = launch or LaunchDecision()
     t = job.training
     if not t.output_dir:
         problems.add("--output_dir is required: where checkpoints and logs go.")
@@ -270,6 +276,8 @@ def build_train_plan(
     arguments["report_to"] = report_to or ["none"]
     if job.tracking.experiment and "run_name" not in arguments:
         arguments["run_name"] = job.tracking.experiment
+    if launch.use_cpu:
+        arguments["use_cpu"] = True
     plan = TrainPlan(
         output_dir=t.output_dir,
         arguments=arguments,
@@ -279,7 +287,7 @@ def build_train_plan(
         save_model_dir=t.save_model_dir,
         packing=t.packing,
         padding_free=job.padding_free,
-        pad_to_multiple_of=t.pad_to_multiple_of,
+        pad_to_multiple_of=launch.pad_to_multiple_of or t.pad_to_multiple_of,
         enable_reduce_loss_sum=t.enable_reduce_loss_sum,
         cache_dir=t.cache_dir,
         trackers=trackers,
