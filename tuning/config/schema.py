@@ -46,13 +46,18 @@ class ModelArgs(_Section):
     )
     use_flash_attn: bool = Field(
         True,
-        description="Use flash-attention 2 when it can run (CUDA GPU and the flash-attn package); "
-        "otherwise sdpa is used and one notice is printed.",
+        description="Use --flash_attn_implementation (flash-attention 2 by default) when it can "
+        "run (CUDA GPU and its package); otherwise the fallback chain ends at sdpa, with one "
+        "notice. false: sdpa.",
     )
-    flash_attn_implementation: Literal["fa2", "fa3"] | None = Field(
+    flash_attn_implementation: str | None = Field(
         None,
-        description="Which flash-attention to use when use_flash_attn is on: 'fa2' (flash-attn "
-        "package) or 'fa3' (hub kernel via the `kernels` extra).",
+        description="The attention transformers uses when use_flash_attn is on (fms passes it as "
+        "attn_implementation): flash_attention_2 (default), flash_attention_3, sdpa, eager, "
+        "flex_attention, or a hub kernel 'owner/name[@revision][:function]' such as "
+        "kernels-community/vllm-flash-attn3 (needs the kernels extra and a CUDA GPU); fa2 and fa3 "
+        "are short names. One that cannot run falls back to flash_attention_2, then sdpa, with "
+        "one warning.",
     )
     torch_dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
         "bfloat16", description="dtype the model weights are loaded in."

@@ -1,43 +1,157 @@
-"""Pick the attention implementation, degrading to sdpa with one notice where flash cannot run."""
+"""Which attention implementation a run uses: what the user asked, a fallback chain decided at
+plan time (packages, GPU, the `kernels` version transformers needs), finalised at load.
+
+`--flash_attn_implementation` takes what transformers 5 accepts for `attn_implementation`:
+flash_attention_2, flash_attention_3, sdpa, eager, flex_attention, or a hub kernel
+`owner/name[@revision][:function]` (e.g. kernels-community/vllm-flash-attn3, needs the `kernels`
+extra and a CUDA GPU). With `--use_flash_attn true` (fms's default) a kernel that cannot run
+falls back as fms documents: asked -> flash_attention_2 -> sdpa, with one warning naming what
+was asked, what is used and why. Imports nothing heavy.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import importlib.util
 import logging
-
-from tuning.models.plan import ModelPlan
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
 FA3_HUB_KERNEL = "kernels-community/flash-attn3"
+ALIASES = {"fa2": "flash_attention_2", "fa3": FA3_HUB_KERNEL}
+BUILT_IN = ("flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention")
+_HUB_KERNEL = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?(:\w+)?$")
 # Implementations that keep packed sequences apart. Flash kernels use cu_seq_lens; since
 # transformers 5, sdpa/eager/flex build a block-diagonal mask from packed position_ids when no
-# attention_mask and no cache is given (training). tests/unit/data/test_collators.py proves it.
-BOUNDARY_AWARE = {
-    "flash_attention_2",
-    "flash_attention_3",
-    FA3_HUB_KERNEL,
-    "sdpa",
-    "eager",
-    "flex_attention",
-}
+# attention_mask and no cache is given (training). tests/unit/training/test_collators.py proves it.
+BOUNDARY_AWARE = {"flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention"}
+_NEEDS_GPU = {"flash_attention_2", "flash_attention_3", "flex_attention"}
 
 
-def choose_attention(model_args: ModelPlan, cuda_available: bool) -> str:
-    """fms defaults use_flash_attn=True; on a laptop that must still run, on sdpa."""
-    if not model_args.use_flash_attn:
-        return "sdpa"
-    if model_args.flash_attn_implementation == "fa3":
-        if not cuda_available:
-            logger.warning("flash-attention 3 needs a CUDA GPU; none found, using sdpa.")
-            return "sdpa"
-        return FA3_HUB_KERNEL
-    if not cuda_available:
-        logger.warning("use_flash_attn is on but no CUDA GPU is present: using sdpa attention.")
-        return "sdpa"
-    if importlib.util.find_spec("flash_attn") is None:
-        logger.warning(
-            "use_flash_attn is on but the flash-attn package is not installed "
-            "(pip install 'tuneforge[flash-attn]'): using sdpa attention."
+def is_hub_kernel(name: str) -> bool:
+    return "/" in name and bool(_HUB_KERNEL.match(name))
+
+
+def keeps_sequences_apart(name: str) -> bool:
+    """Whether padding-free rows are safe with this implementation (hub kernels are flash)."""
+    return name in BOUNDARY_AWARE or is_hub_kernel(name)
+
+
+def normalise(value: str | None) -> str:
+    """The implementation a flag value names (aliases resolved); ValueError when it names none."""
+    name = ALIASES.get(value or "flash_attention_2", value or "flash_attention_2")
+    if name in BUILT_IN or is_hub_kernel(name):
+        return name
+    raise ValueError(
+        f"--flash_attn_implementation {value!r} is not an attention implementation: use one of "
+        f"{', '.join(BUILT_IN)}, a hub kernel 'owner/name[@revision][:function]' (e.g. "
+        "kernels-community/vllm-flash-attn3), or the short names fa2, fa3."
+    )
+
+
+def _transformers_pin(package: str) -> str | None:
+    """The version range transformers requires for `package`, read without importing it."""
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    table = Path(next(iter(spec.submodule_search_locations))) / "dependency_versions_table.py"
+    try:
+        tree = ast.parse(table.read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            deps = ast.literal_eval(node)
+            return deps.get(package)
+    return None
+
+
+def _kernels_problem() -> str | None:
+    """Why hub kernels cannot load: `kernels` missing, or outside the range transformers needs."""
+    if importlib.util.find_spec("kernels") is None:
+        return "the `kernels` package is not installed (pip install 'tuneforge[kernels]')"
+    pin = _transformers_pin("kernels")
+    if not pin:
+        return None
+    from packaging.requirements import Requirement
+
+    installed = importlib.metadata.version("kernels")
+    if installed not in Requirement(pin).specifier:
+        return f"kernels {installed} is installed but transformers needs {pin}"
+    return None
+
+
+def unavailable(name: str, gpus: bool) -> str | None:
+    """Why `name` cannot run here, or None (decided without importing torch)."""
+    if name in ("sdpa", "eager"):
+        return None
+    reasons = []
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        reasons.append("flash-attn is not installed (pip install 'tuneforge[flash-attn]')")
+    if name == "flash_attention_3" and importlib.util.find_spec("flash_attn_interface") is None:
+        reasons.append("flash-attention 3 (flash_attn_interface) is not installed")
+    if is_hub_kernel(name):
+        reasons += [r for r in [_kernels_problem()] if r]
+    if (name in _NEEDS_GPU or is_hub_kernel(name)) and not gpus:
+        reasons.append("no CUDA GPU is visible")
+    return "; ".join(reasons) or None
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """What was asked, and the implementations to try in order at load."""
+
+    asked: str
+    chain: tuple[str, ...]
+    explicit: bool = False  # the user named it: a change is always said out loud
+
+    @property
+    def chosen(self) -> str:
+        return self.chain[0]
+
+
+def plan_attention(
+    use_flash_attn: bool, requested: str | None, explicit: bool, gpus: bool, sdpa_only: bool
+) -> tuple[AttentionPlan, list[str]]:
+    """The attention plan and its notices. ValueError for a name that is not an implementation."""
+    asked = normalise(requested)
+    if sdpa_only:  # context parallel; the launch rules refused explicit flash requests
+        return AttentionPlan(asked, ("sdpa",), explicit), []
+    if not use_flash_attn:
+        return AttentionPlan("sdpa", ("sdpa",), explicit), []
+    candidates = list(dict.fromkeys((asked, "flash_attention_2", "sdpa")))
+    chain, reasons = [], []
+    for name in candidates:
+        reason = unavailable(name, gpus)
+        if reason:
+            reasons.append(f"{name}: {reason}")
+        else:
+            chain.append(name)
+    notices = []
+    if chain[0] != asked:
+        source = "--flash_attn_implementation" if explicit else "use_flash_attn"
+        notices.append(
+            f"Attention: {asked} was asked ({source}); {chain[0]} is used because "
+            f"{'; '.join(reasons)}."
         )
-        return "sdpa"
-    return "flash_attention_2"
+    return AttentionPlan(asked, tuple(chain), explicit), notices
+
+
+def choose_attention(plan: AttentionPlan, cuda_available: bool) -> str:
+    """At load: the first planned implementation that can run with the torch actually loaded
+    (a GPU visible to the system may still be unusable by a CPU build of torch)."""
+    for name in plan.chain:
+        if (name in _NEEDS_GPU or is_hub_kernel(name)) and not cuda_available:
+            continue
+        if name != plan.chosen:
+            logger.warning(
+                "Attention: %s was planned but torch sees no usable CUDA GPU; using %s.",
+                plan.chosen,
+                name,
+            )
+        return name
+    return "sdpa"

@@ -22,7 +22,7 @@ def load_model(plan: ModelPlan, tokenizer: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    attention = choose_attention(plan, torch.cuda.is_available())
+    attention = choose_attention(plan.attention, torch.cuda.is_available())
     kwargs: dict[str, Any] = {
         "dtype": _dtype(plan.torch_dtype),
         "attn_implementation": attention,

@@ -8,7 +8,6 @@ kernels whose package is missing. Imports no torch, transformers or peft.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from tuning.config.job import JobConfig
+from tuning.config.launch_env import gpus_visible
 from tuning.config.schema import PeftArgs
+from tuning.models.attention import AttentionPlan, plan_attention
 from tuning.models.quantization import mxfp4_problem
 from tuning.problems import Problems
 
@@ -47,8 +48,7 @@ class ModelPlan:
     tokenizer_name_or_path: str
     trust_remote_code: bool
     torch_dtype: str
-    use_flash_attn: bool
-    flash_attn_implementation: str | None
+    attention: AttentionPlan
     embedding_size_multiple_of: int
     mxfp4: bool
     dequantize: bool
@@ -86,8 +86,8 @@ def _peft_problems(peft: PeftArgs) -> list[str]:
 
 def build_model_plan(
     job: JobConfig, problems: Problems, *, sdpa_only: bool = False
-) -> ModelPlan | None:
-    """The model slice, or None when the model path is missing (problems added).
+) -> tuple[ModelPlan | None, list[str]]:
+    """The model slice (None when the model path is missing; problems added) and its notices.
 
     `sdpa_only`: the launch (context parallel) allows sdpa attention only; the launch rules
     already refused an explicit flash-attention request."""
@@ -106,21 +106,22 @@ def build_model_plan(
             "mxfp4); drop it."
         )
     problems.extend(_peft_problems(peft))
-    fa3 = m.use_flash_attn and m.flash_attn_implementation == "fa3"
-    if fa3 and importlib.util.find_spec("kernels") is None:
-        problems.add(
-            "--flash_attn_implementation fa3 needs the optional package 'kernels', which is "
-            "not installed. Install it with: pip install 'tuneforge[kernels]'"
+    explicit = m.flash_attn_implementation is not None  # by value: a saved config replans alike
+    try:
+        attention, notices = plan_attention(
+            m.use_flash_attn, m.flash_attn_implementation, explicit, gpus_visible(), sdpa_only
         )
+    except ValueError as exc:
+        problems.add(str(exc))
+        attention, notices = AttentionPlan("sdpa", ("sdpa",)), []
     if not m.model_name_or_path:
-        return None
-    return ModelPlan(
+        return None, notices
+    plan = ModelPlan(
         model_name_or_path=m.model_name_or_path,
         tokenizer_name_or_path=m.tokenizer_name_or_path or m.model_name_or_path,
         trust_remote_code=m.trust_remote_code,
         torch_dtype=m.torch_dtype,
-        use_flash_attn=m.use_flash_attn and not sdpa_only,
-        flash_attn_implementation=m.flash_attn_implementation,
+        attention=attention,
         embedding_size_multiple_of=m.embedding_size_multiple_of,
         mxfp4=a.quantization_method == "mxfp4",
         dequantize=a.dequantize,
@@ -130,3 +131,4 @@ def build_model_plan(
         add_special_tokens=tuple(job.data.add_special_tokens or ()),
         cache_dir=job.training.cache_dir,
     )
+    return plan, notices

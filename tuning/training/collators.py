@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from tuning.errors import ConfigError
-from tuning.models.attention import BOUNDARY_AWARE
+from tuning.models.attention import keeps_sequences_apart
 
 
 def check_padding_free(attention: str, padding_free: bool) -> None:
     """Padding-free rows are only correct when attention stops at sequence boundaries."""
-    if padding_free and attention not in BOUNDARY_AWARE:
+    if padding_free and not keeps_sequences_apart(attention):
         raise ConfigError(
             f"--padding_free/--packing concatenate samples into one row, but the attention "
             f"implementation is {attention!r}, which would let tokens attend across samples. "

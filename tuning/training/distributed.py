@@ -35,14 +35,14 @@ def _context_parallel(job: JobConfig, env: LaunchEnv, decision: LaunchDecision) 
             "fsdp_version: 2 in the accelerate config (fixtures/accelerate_fsdp2_cp.yaml)."
         )
     m = job.model
-    explicit_flash = {"use_flash_attn", "flash_attn_implementation"} & job.explicitly_set
-    if m.use_flash_attn and explicit_flash:
+    named = m.flash_attn_implementation
+    if m.use_flash_attn and named not in (None, "sdpa"):
         decision.problems.append(
             f"parallelism_config_cp_size {cp}: context parallel runs only with sdpa attention, "
-            "but --use_flash_attn/--flash_attn_implementation ask for flash-attention; drop "
-            "them (or set --use_flash_attn false)."
+            f"but --flash_attn_implementation asks for {named}; drop it (or set --use_flash_attn "
+            "false)."
         )
-    elif m.use_flash_attn:
+    elif m.use_flash_attn and named is None:
         decision.notices.append(
             f"Context parallel (parallelism_config_cp_size {cp}) runs only with sdpa attention: "
             "using sdpa instead of flash-attention (use_flash_attn's default)."

@@ -1,37 +1,99 @@
-"""Attention choice degrades clearly where flash-attention cannot run."""
+"""Attention: every implementation transformers accepts, a fallback chain decided at plan time
+(asked -> flash_attention_2 -> sdpa) with one warning, finalised at load.
+
+Why: fms's documented gpt-oss command asks for the hub kernel kernels-community/vllm-flash-attn3;
+we used to refuse it. A kernel that cannot run here must fall back loudly, never silently, and
+never crash at load with an ImportError.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 
 import pytest
 
 from tuning.config.job import build_job_config
-from tuning.config.parse import parse_cli
-from tuning.models.attention import choose_attention
+from tuning.config.parse import collect_values
+from tuning.errors import ConfigError
+from tuning.models import attention
+from tuning.models.attention import AttentionPlan, choose_attention, plan_attention
 from tuning.models.plan import build_model_plan
 from tuning.problems import Problems
 
 
-def _model_plan(tiny_model_dir, *flags: str):
-    job = build_job_config(parse_cli(["--model_name_or_path", str(tiny_model_dir), *flags]))
+def _installed(monkeypatch, *packages: str, kernels_version: str = "0.18.2") -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        attention.importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name in packages else real(name, *a),
+    )
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(
+        attention.importlib.metadata,
+        "version",
+        lambda name: kernels_version if name == "kernels" else real_version(name),
+    )
+
+
+def test_on_a_laptop_flash_falls_back_to_sdpa_with_one_notice():
+    plan, notices = plan_attention(True, None, False, gpus=False, sdpa_only=False)
+    assert plan.asked == "flash_attention_2" and plan.chain == ("sdpa",)
+    (notice,) = notices
+    assert "flash_attention_2 was asked (use_flash_attn); sdpa is used" in notice
+    assert "no CUDA GPU is visible" in notice
+
+
+def test_the_fms_gpt_oss_hub_kernel_is_accepted_and_falls_back(monkeypatch):
+    _installed(monkeypatch, "flash_attn")
+    plan, notices = plan_attention(
+        True, "kernels-community/vllm-flash-attn3", True, gpus=True, sdpa_only=False
+    )
+    assert plan.asked == "kernels-community/vllm-flash-attn3"
+    assert plan.chain == ("flash_attention_2", "sdpa")
+    assert "pip install 'tuneforge[kernels]'" in notices[0]
+    assert "--flash_attn_implementation" in notices[0]
+
+
+def test_a_kernels_version_outside_transformers_range_falls_back(monkeypatch):
+    _installed(monkeypatch, "kernels", kernels_version="0.12.0")
+    plan, notices = plan_attention(True, "fa3", True, gpus=True, sdpa_only=False)
+    assert plan.chain[0] != attention.FA3_HUB_KERNEL
+    assert "kernels 0.12.0 is installed but transformers needs kernels>=" in notices[0]
+    _installed(monkeypatch, "kernels", "flash_attn", kernels_version="0.18.2")
+    plan, notices = plan_attention(True, "fa3", True, gpus=True, sdpa_only=False)
+    assert plan.chain == (attention.FA3_HUB_KERNEL, "flash_attention_2", "sdpa") and not notices
+
+
+@pytest.mark.parametrize("name", ["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention", "owner/kernel@v1:fwd"])  # fmt: skip
+def test_every_name_transformers_accepts_is_valid(name):
+    plan, _ = plan_attention(True, name, True, gpus=False, sdpa_only=False)
+    assert plan.asked == name and plan.chain[-1] == "sdpa"
+
+
+def test_use_flash_attn_false_and_context_parallel_mean_sdpa():
+    assert plan_attention(False, "fa2", True, gpus=True, sdpa_only=False)[0].chain == ("sdpa",)
+    assert plan_attention(True, None, False, gpus=True, sdpa_only=True)[0].chain == ("sdpa",)
+
+
+def test_a_wrong_name_is_a_plan_error(tiny_model_dir):
+    job = build_job_config(
+        collect_values(
+            ["--model_name_or_path", str(tiny_model_dir), "--flash_attn_implementation", "fa4"],
+            environ={},
+        )
+    )
     problems = Problems()
-    plan = build_model_plan(job, problems)
-    assert not problems, problems.items
-    return plan
+    build_model_plan(job, problems)
+    with pytest.raises(ConfigError, match=r"--flash_attn_implementation 'fa4' is not an attention"):
+        problems.raise_if_any()
 
 
-def test_flash_attention_degrades_to_sdpa_without_gpu(caplog, tiny_model_dir):
+def test_load_finalises_the_chain_when_torch_sees_no_gpu(caplog):
+    plan = AttentionPlan("flash_attention_2", ("flash_attention_2", "sdpa"))
     with caplog.at_level(logging.WARNING):
-        assert choose_attention(_model_plan(tiny_model_dir), cuda_available=False) == "sdpa"
-    assert "no CUDA GPU" in caplog.text
-    no_flash = _model_plan(tiny_model_dir, "--use_flash_attn", "false")
-    assert choose_attention(no_flash, cuda_available=True) == "sdpa"
-
-
-@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash-attn present")
-def test_flash_attention_without_package_names_the_extra(caplog, tiny_model_dir):
-    with caplog.at_level(logging.WARNING):
-        assert choose_attention(_model_plan(tiny_model_dir), cuda_available=True) == "sdpa"
-    assert "tuneforge[flash-attn]" in caplog.text
+        assert choose_attention(plan, cuda_available=False) == "sdpa"
+    assert "flash_attention_2 was planned" in caplog.text
+    assert choose_attention(plan, cuda_available=True) == "flash_attention_2"

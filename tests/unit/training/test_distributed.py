@@ -65,7 +65,7 @@ def test_plain_start_reads_as_one_process(monkeypatch):
 def test_context_parallel_takes_sdpa_and_pads_for_equal_chunks(tmp_path, monkeypatch):
     environ = _gpu({"WORLD_SIZE": "8", **FSDP2, **CP2}, monkeypatch)
     plan = _plan(tmp_path, environ)
-    assert plan.model.use_flash_attn is False  # use_flash_attn's default yields to sdpa
+    assert plan.model.attention.chain == ("sdpa",)  # use_flash_attn's default yields to sdpa
     assert plan.train.pad_to_multiple_of == 4  # 2 x cp
     assert any("sdpa" in n for n in plan.notices)
     assert plan.launch.cp_size == 2 and plan.launch.world_size == 8
@@ -76,7 +76,7 @@ def test_context_parallel_takes_sdpa_and_pads_for_equal_chunks(tmp_path, monkeyp
     ("change", "flags", "message"),
     [
         ({"FSDP_VERSION": "1"}, (), r"parallelism_config_cp_size 2 \(context parallel\) needs FSDP2"),
-        ({}, ("--use_flash_attn", "true"), r"runs only with sdpa attention, but --use_flash_attn"),
+        ({}, ("--flash_attn_implementation", "fa2"), r"runs only with sdpa attention, but --flash_attn_implementation asks for fa2"),
         ({}, ("--packing",), r"--packing/--padding_free .* context parallel cannot split"),
         ({"WORLD_SIZE": "6"}, (), r"cp_size 2 x dp_shard_size 4 .* = 8, but 6 processes"),
         ({}, ("--max_seq_length", "130"), r"--max_seq_length 130 cannot be split into 4 equal chunks"),
