@@ -9,7 +9,7 @@ nothing.
 from __future__ import annotations
 
 import base64
-import importlib.util
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -162,14 +162,18 @@ def test_eval_steps_without_eval_data_is_refused(tiny_model_dir, tmp_path):
         _plan(*_base(tiny_model_dir, tmp_path / "o"), "--eval_steps", "5")
 
 
-def test_report_to_and_trackers_are_one_registry(tiny_model_dir, tmp_path, monkeypatch):
-    real = importlib.util.find_spec
-    installed = {"tensorboard", "wandb", "mlflow"}
+def _pretend_installed(monkeypatch, *distributions: str) -> None:
+    """Trackers' packages as if `pip install 'tuneforge[...]'` had run (version 99)."""
+    real = importlib.metadata.version
     monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: object() if name in installed else real(name, *a),
+        importlib.metadata,
+        "version",
+        lambda name: "99.0" if name in distributions else real(name),
     )
+
+
+def test_report_to_and_trackers_are_one_registry(tiny_model_dir, tmp_path, monkeypatch):
+    _pretend_installed(monkeypatch, "tensorboard", "wandb", "mlflow")
     plan = _plan(
         *_base(tiny_model_dir, tmp_path / "o"),
         "--report_to", "tensorboard", "wandb", "--logging_dir", str(tmp_path / "tb"),
@@ -192,10 +196,7 @@ def test_report_to_and_trackers_are_one_registry(tiny_model_dir, tmp_path, monke
 
 
 def test_aim_settings_resolve_to_one_repo(tiny_model_dir, tmp_path, monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: object() if name == "aim" else real(name, *a)
-    )
+    _pretend_installed(monkeypatch, "aim")
     plan = _plan(
         *_base(tiny_model_dir, tmp_path / "o"), "--trackers", "aim",
         "--aim_remote_server_ip", "10.0.0.1", "--aim_remote_server_port", "53800",
@@ -262,7 +263,7 @@ def test_saved_config_fed_back_plans_to_the_same_plan(tiny_model_dir, tmp_path, 
 
 
 def test_redaction_hides_credentials_and_keeps_settings(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    _pretend_installed(monkeypatch, "mlflow")
     plan = _plan(
         *_base(tiny_model_dir, tmp_path / "o"),
         "--tokenizer_name_or_path", str(tiny_model_dir), "--hub_token", "hf_SECRET",

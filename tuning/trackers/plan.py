@@ -3,12 +3,12 @@ packages checked, settings given without their tracker refused, Aim/MLflow setti
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from tuning.config.job import JobConfig
 from tuning.config.schema import TrackerArgs
 from tuning.errors import ConfigError
+from tuning.extras import extra_problem
 from tuning.problems import Problems
 from tuning.trackers.registry import TRACKERS, TrackerInfo, TrackerPlan
 
@@ -32,11 +32,8 @@ def build_tracker_plans(job: JobConfig, problems: Problems) -> tuple[TrackerPlan
     if "none" in chosen:
         chosen = {}
     for info in chosen.values():
-        if info.package and importlib.util.find_spec(info.package) is None:
-            problems.add(
-                f"--trackers {info.name} needs the optional package '{info.package}', which is "
-                f"not installed. Install it with: pip install 'tuneforge[{info.extra}]'"
-            )
+        if info.extra:
+            problems.add(extra_problem(info.extra, f"--trackers {info.name}"))
     for info in TRACKERS.entries().values():
         for flag in info.settings:
             if info.name not in chosen and _setting(job, flag) != _setting_default(flag):

@@ -20,8 +20,7 @@ class TrackerInfo:
 
     name: str
     doc: str
-    package: str | None = None  # import name checked at plan time
-    extra: str | None = None  # pip install 'tuneforge[extra]'
+    extra: str | None = None  # pip install 'tuneforge[extra]'; checked at plan time
     report_to: str | None = None  # the transformers integration that drives it, if any
     settings: tuple[str, ...] = ()  # flags that configure this tracker only
     aliases: tuple[str, ...] = ()
@@ -48,7 +47,6 @@ for _info in (
         "Aim run in a local repository (--aim_repo) or on a server (--aim_url, or "
         "--aim_remote_server_ip with --aim_remote_server_port); the run hash is exported to "
         "aim_tracker.json in --run_uri_export_path (default output_dir).",
-        package="aim",
         extra="aim",
         settings=(
             "aim_repo",
@@ -63,7 +61,6 @@ for _info in (
         "mlflow",
         "MLflow run (--mlflow_tracking_uri, --mlflow_experiment), through transformers' "
         "MLflow integration.",
-        package="mlflow",
         extra="mlflow",
         report_to="mlflow",
         settings=("mlflow_tracking_uri", "mlflow_experiment"),
@@ -71,7 +68,6 @@ for _info in (
     TrackerInfo(
         "tensorboard",
         "TensorBoard event files under output_dir/runs (or --logging_dir).",
-        package="tensorboard",
         extra="tensorboard",
         report_to="tensorboard",
         settings=("logging_dir",),
@@ -79,7 +75,6 @@ for _info in (
     TrackerInfo(
         "wandb",
         "Weights & Biases run (WANDB_MODE=offline works without network).",
-        package="wandb",
         extra="wandb",
         report_to="wandb",
     ),

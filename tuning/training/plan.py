@@ -2,12 +2,11 @@
 strategies, the resume target, output paths, trackers and the flags tuneforge does not build.
 
 Imports nothing heavy: TrainingArguments is known from the snapshot (tuning/config), trackers
-from their registry, packages by `importlib.util.find_spec`.
+from their registry, optional packages from tuneforge's own extras (tuning/extras.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Mapping
@@ -16,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tuning.config.job import JobConfig
+from tuning.config.launch_env import gpus_visible
 from tuning.config.schema import LAUNCHER_KEYS, hf_training_fields
 from tuning.data.plan import DataPlan
+from tuning.extras import extra_problem
 from tuning.problems import Problems
 from tuning.trackers.plan import build_tracker_plans
 from tuning.trackers.registry import TrackerPlan
@@ -46,8 +47,8 @@ LOWER_BOUNDS = {
     "save_total_limit": 1,
     "seed": 0,
 }
-# TrainingArguments values that need an optional package: flag -> (package, extra)
-PACKAGE_FLAGS = {"deepspeed": ("deepspeed", "deepspeed")}
+# TrainingArguments values that need an optional extra: flag -> (extra, GPU only)
+EXTRA_FLAGS = {"deepspeed": ("deepspeed", True), "use_liger_kernel": ("liger", True)}
 
 
 @dataclass(frozen=True)
@@ -104,14 +105,14 @@ def _strategies(job: JobConfig, problems: Problems) -> tuple[dict[str, Any], lis
     return chosen, notices
 
 
-def _package_problems(job: JobConfig) -> list[str]:
+def _extra_problems(job: JobConfig) -> list[str]:
     problems = []
-    for flag, (package, extra) in PACKAGE_FLAGS.items():
-        if job.hf_training.get(flag) and importlib.util.find_spec(package) is None:
-            problems.append(
-                f"--{flag} needs the optional package '{package}', which is not installed. "
-                f"Install it with: pip install 'tuneforge[{extra}]'"
-            )
+    for flag, (extra, gpu_only) in EXTRA_FLAGS.items():
+        if not job.hf_training.get(flag):
+            continue
+        problems += [p for p in [extra_problem(extra, f"--{flag}")] if p]
+        if gpu_only and not gpus_visible():
+            problems.append(f"--{flag} needs CUDA GPUs and none are visible; drop it here.")
     return problems
 
 
@@ -195,9 +196,10 @@ def _refused(job: JobConfig) -> list[str]:
     for key in LAUNCHER_KEYS:
         if key in job.explicitly_set:
             problems.append(
-                f"`{key}` is read by the Kubernetes launcher (build/accelerate_launch.py), which "
-                "is not built yet; remove it from the job, and launch with `accelerate launch "
-                "--config_file ... -m tuning.sft_trainer` directly."
+                f"`{key}` is read by the launcher build/accelerate_launch.py (the container's "
+                "entry point), which takes it out before the trainer sees the job; running the "
+                "trainer directly cannot use it. Run the job through the launcher, or drop the "
+                "key."
             )
     return problems
 
@@ -246,7 +248,7 @@ def build_train_plan(
         problems.add("--output_dir is required: where checkpoints and logs go.")
     strategies, notices = _strategies(job, problems)
     problems.extend(_range_problems(job))
-    problems.extend(_package_problems(job))
+    problems.extend(_extra_problems(job))
     problems.extend(_refused(job))
     problems.extend(_data_problems(job, data, strategies))
     if t.packing and job.padding_free:
