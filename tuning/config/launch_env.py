@@ -46,8 +46,9 @@ class LaunchEnv:
     rank: int = 0
     fsdp_version: int | None = None  # None: not FSDP
     fsdp_state_dict_type: str | None = None
-    mixed_precision: str = "no"  # accelerate's mixed_precision (fixture or --mixed_precision)
-    fsdp_mixed_precision_policy: str | None = None
+    # accelerate's mixed_precision (fixture or --mixed_precision); under FSDP2 it is also the
+    # FSDP mixed-precision policy (accelerate has no separate variable for that)
+    mixed_precision: str = "no"
     deepspeed: bool = False
     cp_size: int = 1
     dp_shard_size: int = 1
@@ -77,7 +78,6 @@ def read_launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
         fsdp_version=_int(environ, "FSDP_VERSION", 1) if fsdp else None,
         fsdp_state_dict_type=environ.get("FSDP_STATE_DICT_TYPE") if fsdp else None,
         mixed_precision=environ.get("ACCELERATE_MIXED_PRECISION", "no").lower(),
-        fsdp_mixed_precision_policy=environ.get("FSDP_MIXED_PRECISION_POLICY") if fsdp else None,
         deepspeed=_flag(environ, "ACCELERATE_USE_DEEPSPEED"),
         cp_size=size("CP_SIZE") if size else 1,
         dp_shard_size=size("DP_SHARD_SIZE") if size else 1,

@@ -8,16 +8,15 @@ kernels whose package is missing. Imports no torch, transformers or peft.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tuning.config.job import JobConfig
 from tuning.config.launch_env import gpus_visible
 from tuning.config.schema import PeftArgs
 from tuning.models.attention import AttentionPlan, plan_attention
+from tuning.models.hub import source_problem
 from tuning.models.quantization import mxfp4_problem
 from tuning.problems import Problems
 
@@ -59,10 +58,6 @@ class ModelPlan:
     cache_dir: str | None
 
 
-def _looks_local(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1"
-
-
 def _peft_problems(peft: PeftArgs) -> list[str]:
     if peft.peft_method == "alora" or peft.alora_invocation_string is not None:
         return [
@@ -96,8 +91,8 @@ def build_model_plan(
         problems.add("--model_name_or_path is required: the base model folder to tune.")
     for flag in ("model_name_or_path", "tokenizer_name_or_path"):
         value = getattr(m, flag)
-        if value and _looks_local(value) and not Path(value).expanduser().exists():
-            problems.add(f"--{flag} {value!r} does not exist.")
+        if value:
+            problems.add(source_problem(flag, value, job.training.cache_dir))
     if a.quantization_method == "mxfp4" and m.model_name_or_path:
         problems.add(mxfp4_problem(m.model_name_or_path))
     if a.quantization_method == "none" and not a.dequantize:
