@@ -1,5 +1,5 @@
-"""Wrap the model for the PEFT method the plan chose (LoRA, prompt tuning), with only that
-method's arguments."""
+"""Wrap the model for the PEFT method the plan chose (LoRA, activated LoRA, prompt tuning), with
+only that method's arguments."""
 
 from __future__ import annotations
 
@@ -13,14 +13,22 @@ from tuning.models.plan import ModelPlan
 logger = logging.getLogger(__name__)
 
 
-def peft_config(plan: ModelPlan) -> Any | None:
-    """A peft config for --peft_method lora/pt, None for full fine-tuning."""
+def invocation_tokens(plan: ModelPlan, tokenizer: Any) -> list[int] | None:
+    """aLoRA: the token ids of --alora_invocation_string with the run's tokenizer."""
+    text = plan.peft_arguments.get("alora_invocation_string")
+    if plan.peft_method != "alora" or not text:
+        return None
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def peft_config(plan: ModelPlan, tokenizer: Any = None) -> Any | None:
+    """A peft config for --peft_method lora/alora/pt, None for full fine-tuning."""
     p = SimpleNamespace(**plan.peft_arguments)
     if plan.peft_method == "none":
         return None
     from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
-    if plan.peft_method == "lora":
+    if plan.peft_method in ("lora", "alora"):
         targets: Any = p.target_modules
         if targets and len(targets) == 1 and targets[0] == "all-linear":
             targets = "all-linear"
@@ -41,6 +49,8 @@ def peft_config(plan: ModelPlan) -> Any | None:
             use_dora=p.use_dora,
             use_rslora=p.use_rslora,
             init_lora_weights=init,
+            # activated LoRA: the adapter acts only from the invocation tokens on (peft)
+            alora_invocation_tokens=invocation_tokens(plan, tokenizer),
         )
     if plan.peft_method == "pt":
         return PromptTuningConfig(
@@ -55,9 +65,9 @@ def peft_config(plan: ModelPlan) -> Any | None:
     raise AssertionError(f"planning let through --peft_method {plan.peft_method}")
 
 
-def apply_peft(plan: ModelPlan, model: Any) -> Any:
+def apply_peft(plan: ModelPlan, model: Any, tokenizer: Any = None) -> Any:
     """Wrap the model with the adapter; explain bad target_modules instead of a stack trace."""
-    config = peft_config(plan)
+    config = peft_config(plan, tokenizer)
     if config is None:
         return model
     from peft import get_peft_model

@@ -36,7 +36,12 @@ LORA_ARGS = (
     "init_lora_weights",
 )
 PROMPT_TUNING_ARGS = ("prompt_tuning_init", "num_virtual_tokens", "prompt_tuning_init_text")
-METHOD_ARGS = {"lora": LORA_ARGS, "pt": PROMPT_TUNING_ARGS, "none": ()}
+METHOD_ARGS = {
+    "lora": LORA_ARGS,
+    "alora": (*LORA_ARGS, "alora_invocation_string"),
+    "pt": PROMPT_TUNING_ARGS,
+    "none": (),
+}
 
 
 @dataclass(frozen=True)
@@ -59,18 +64,19 @@ class ModelPlan:
 
 
 def _peft_problems(peft: PeftArgs) -> list[str]:
-    if peft.peft_method == "alora" or peft.alora_invocation_string is not None:
-        return [
-            "--peft_method alora / --alora_invocation_string: activated LoRA is not built in "
-            "tuneforge yet; use --peft_method lora and drop --alora_invocation_string."
-        ]
     defaults = PeftArgs.model_fields
     problems = []
+    if peft.peft_method == "alora" and not peft.alora_invocation_string:
+        problems.append(
+            "--peft_method alora needs --alora_invocation_string: the text that turns the "
+            "adapter on (it must occur in every training sample)."
+        )
+    used = set(METHOD_ARGS.get(peft.peft_method, ()))
     for method, names in METHOD_ARGS.items():
         if method == peft.peft_method:
             continue
         for name in names:
-            if getattr(peft, name) != defaults[name].default:
+            if name not in used and getattr(peft, name) != defaults[name].default:
                 problems.append(
                     f"--{name} is an argument of --peft_method {method}, but --peft_method is "
                     f"{peft.peft_method}, which would ignore it: set --peft_method {method} or "

@@ -27,15 +27,20 @@ def train(
     plan: TrainPlan, model_plan: ModelPlan, args: Any, tokenizer: Any, data: Any, max_length: int
 ) -> None:
     from tuning.models.loading import load_model
-    from tuning.models.peft import apply_peft
+    from tuning.models.peft import apply_peft, invocation_tokens
     from tuning.training.collators import check_padding_free
+    from tuning.training.invocation import check_invocation
     from tuning.training.saving import save_final_model
     from tuning.training.trainer import build_trainer
 
     model = load_model(model_plan, tokenizer)
     padding_free = plan.padding_free or plan.packing
     check_padding_free(model.config._attn_implementation, padding_free)
-    model = apply_peft(model_plan, model)
+    model = apply_peft(model_plan, model, tokenizer)
+    tokens = invocation_tokens(model_plan, tokenizer)
+    if tokens and not getattr(data, "streaming", False):
+        text = str(model_plan.peft_arguments["alora_invocation_string"])
+        check_invocation(data.train, tokens, text, tokenizer)
     train_dataset = _pack(data.train, max_length) if plan.packing else data.train
     trainer = build_trainer(plan, args, model, tokenizer, train_dataset, data.eval, padding_free)
     if plan.resume_from:

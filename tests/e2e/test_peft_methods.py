@@ -1,0 +1,44 @@
+"""PEFT methods train end to end: activated LoRA (peft's aLoRA) with its invocation string."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_alora_trains_from_the_invocation_tokens(
+    run_tuner, data_dir, fast_flags, tiny_tokenizer, tmp_path
+):
+    from safetensors.torch import load_file
+
+    code, out = run_tuner(
+        "--training_data_path", str(data_dir / "chat.jsonl"),
+        "--peft_method", "alora", "--alora_invocation_string", "<|assistant|>",
+        "--target_modules", "q_proj", "v_proj", *fast_flags,
+        "--save_model_dir", str(tmp_path / "out" / "adapter"),
+    )  # fmt: skip
+    assert code == 0
+    saved = out / "adapter"
+    config = json.loads((saved / "adapter_config.json").read_text())
+    expected = tiny_tokenizer("<|assistant|>", add_special_tokens=False)["input_ids"]
+    assert config["alora_invocation_tokens"] == expected
+    weights = load_file(saved / "adapter_model.safetensors")
+    b_matrices = [v for k, v in weights.items() if "lora_B" in k]
+    assert b_matrices and any(v.abs().sum() > 0 for v in b_matrices)  # trained away from 0
+
+
+def test_alora_invocation_missing_from_the_data_is_a_data_error(
+    run_tuner, data_dir, fast_flags, capsys
+):
+    code, out = run_tuner(
+        "--training_data_path", str(data_dir / "chat.jsonl"),
+        "--peft_method", "alora", "--alora_invocation_string", "NEVER_SEEN_XYZ",
+        "--target_modules", "q_proj", *fast_flags,
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "does not occur in 200 of 200 training samples" in err
+    assert not (out / "run_summary.json").exists()
