@@ -17,8 +17,9 @@ def _dtype(name: str) -> Any:
     return "auto" if name == "auto" else getattr(torch, name)
 
 
-def load_model(plan: ModelPlan, tokenizer: Any) -> Any:
-    """The causal LM in the requested dtype and attention, embeddings sized for the tokenizer."""
+def load_model(plan: ModelPlan, tokenizer: Any) -> tuple[Any, int]:
+    """The causal LM in the requested dtype and attention, embeddings sized for the tokenizer,
+    and how many embedding rows were added (new rows start at the mean embedding)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -41,13 +42,15 @@ def load_model(plan: ModelPlan, tokenizer: Any) -> Any:
             f"loaded ({str(exc).splitlines()[0]}). Point it at a folder with config.json and "
             "safetensors weights."
         ) from exc
-    _resize_embeddings(model, tokenizer, plan.embedding_size_multiple_of)
-    return model
+    added = _resize_embeddings(model, tokenizer, plan.embedding_size_multiple_of)
+    return model, added
 
 
-def _resize_embeddings(model: Any, tokenizer: Any, multiple_of: int) -> None:
-    """Room for every token (added ones too), rounded up to a multiple of multiple_of."""
+def _resize_embeddings(model: Any, tokenizer: Any, multiple_of: int) -> int:
+    """Room for every token (added ones too), rounded up to a multiple of multiple_of; returns
+    the rows added. transformers' mean_resizing starts them at the mean of the old rows."""
     rows = model.get_input_embeddings().weight.shape[0]
     wanted = math.ceil(max(len(tokenizer), rows) / multiple_of) * multiple_of
     if wanted != rows:
-        model.resize_token_embeddings(wanted)
+        model.resize_token_embeddings(wanted, mean_resizing=True)
+    return wanted - rows

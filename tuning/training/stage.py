@@ -13,6 +13,7 @@ from tuning.training.plan import TrainPlan
 
 logger = logging.getLogger(__name__)
 SUMMARY_NAME = "run_summary.json"
+ADDED_TOKENS_INFO = "added_tokens_info.json"
 
 
 def _pack(dataset: Any, max_length: int) -> Any:
@@ -33,7 +34,7 @@ def train(
     from tuning.training.saving import save_final_model
     from tuning.training.trainer import build_trainer
 
-    model = load_model(model_plan, tokenizer)
+    model, added_rows = load_model(model_plan, tokenizer)
     padding_free = plan.padding_free or plan.packing
     check_padding_free(model.config._attn_implementation, padding_free)
     model = apply_peft(model_plan, model, tokenizer)
@@ -54,6 +55,17 @@ def train(
         logger.info("Tuned model saved to %s", saved)
     if trainer.is_world_process_zero():
         _write_summary(plan, trainer, result, elapsed, saved)
+        if model_plan.peft_method in ("lora", "alora"):
+            _write_added_tokens_info(added_rows, [plan.output_dir, saved])
+
+
+def _write_added_tokens_info(count: int, folders: list) -> None:
+    """fms's record of embedding rows added to the base model, read when serving the adapter
+    (e.g. vLLM's new_embeddings.safetensors post-processing)."""
+    for folder in folders:
+        if folder:
+            path = Path(folder) / ADDED_TOKENS_INFO
+            path.write_text(json.dumps({"num_new_tokens": count}) + "\n")
 
 
 def _write_summary(plan: TrainPlan, trainer, result, elapsed, saved) -> None:
