@@ -42,3 +42,18 @@ def test_alora_invocation_missing_from_the_data_is_a_data_error(
     err = capsys.readouterr().err
     assert "does not occur in 200 of 200 training samples" in err
     assert not (out / "run_summary.json").exists()
+
+
+def test_lora_with_gradient_checkpointing_trains(run_tuner, data_dir, fast_flags, tmp_path):
+    """transformers 5 checkpoints non-reentrantly and trl makes PEFT inputs require grads."""
+    from safetensors.torch import load_file
+
+    code, out = run_tuner(
+        "--training_data_path", str(data_dir / "input_output.jsonl"),
+        "--peft_method", "lora", "--target_modules", "all-linear",
+        "--gradient_checkpointing", "true", *fast_flags,
+        "--save_model_dir", str(tmp_path / "out" / "adapter"),
+    )  # fmt: skip
+    assert code == 0
+    weights = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)

@@ -217,6 +217,11 @@ class PeftArgs(_Section):
     modules_to_save: list[str] | None = Field(
         None, description="Modules trained in full and saved with the adapter."
     )
+    target_parameters: list[str] | None = Field(
+        None,
+        description="LoRA on parameters rather than modules, e.g. MoE expert weights "
+        "'mlp.experts.gate_up_proj' (peft's target_parameters).",
+    )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="LoRA bias training.")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling.")

@@ -45,6 +45,7 @@ def peft_config(plan: ModelPlan, tokenizer: Any = None) -> Any | None:
             layers_to_transform=p.layers_to_transform,
             layers_pattern=p.layers_pattern,
             modules_to_save=p.modules_to_save,
+            target_parameters=p.target_parameters,
             bias=p.bias,
             use_dora=p.use_dora,
             use_rslora=p.use_rslora,

@@ -8,8 +8,11 @@ kernels whose package is missing. Imports no torch, transformers or peft.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tuning.config.job import JobConfig
@@ -17,7 +20,7 @@ from tuning.config.launch_env import gpus_visible
 from tuning.config.schema import PeftArgs
 from tuning.models.attention import AttentionPlan, plan_attention
 from tuning.models.hub import source_problem
-from tuning.models.quantization import mxfp4_problem
+from tuning.models.quantization import mxfp4_problem, native_mxfp4_problem
 from tuning.problems import Problems
 
 # PEFT arguments by the method that reads them; any other method would silently ignore them.
@@ -30,6 +33,7 @@ LORA_ARGS = (
     "layers_to_transform",
     "layers_pattern",
     "modules_to_save",
+    "target_parameters",
     "bias",
     "use_dora",
     "use_rslora",
@@ -63,9 +67,41 @@ class ModelPlan:
     cache_dir: str | None
 
 
+def installed_lora_fields() -> frozenset[str] | None:
+    """The fields of the installed peft's LoraConfig, read from its source (no torch import)."""
+    spec = importlib.util.find_spec("peft")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(next(iter(spec.submodule_search_locations))) / "tuners" / "lora" / "config.py"
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "LoraConfig":
+            return frozenset(
+                item.target.id
+                for item in node.body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+            )
+    return None
+
+
+# Our LoRA flags whose peft field has another name.
+PEFT_FIELD = {"alora_invocation_string": "alora_invocation_tokens"}
+
+
 def _peft_problems(peft: PeftArgs) -> list[str]:
     defaults = PeftArgs.model_fields
     problems = []
+    fields = installed_lora_fields() if peft.peft_method in ("lora", "alora") else None
+    for name in METHOD_ARGS.get(peft.peft_method, ()) if fields is not None else ():
+        given = getattr(peft, name) != defaults[name].default
+        if given and PEFT_FIELD.get(name, name) not in fields:
+            problems.append(
+                f"--{name}: the installed peft has no LoraConfig.{PEFT_FIELD.get(name, name)}; "
+                "upgrade it (pip install -U peft) or drop the flag."
+            )
     if peft.peft_method == "alora" and not peft.alora_invocation_string:
         problems.append(
             "--peft_method alora needs --alora_invocation_string: the text that turns the "
@@ -101,6 +137,8 @@ def build_model_plan(
             problems.add(source_problem(flag, value, job.training.cache_dir))
     if a.quantization_method == "mxfp4" and m.model_name_or_path:
         problems.add(mxfp4_problem(m.model_name_or_path))
+    if a.quantization_method == "mxfp4":
+        problems.add(native_mxfp4_problem(a.dequantize))
     if a.quantization_method == "none" and not a.dequantize:
         problems.add(
             "--dequantize false only applies to a quantized checkpoint (--quantization_method "
