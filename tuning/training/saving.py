@@ -23,7 +23,7 @@ def save_final_model(trainer: Any, target: str) -> Path:
     if main and stage.exists():
         shutil.rmtree(stage)
     try:
-        trainer.save_model(str(stage))
+        _save_model(trainer, str(stage))
         if not main:
             return target_path
         if _holds_run_state(target_path):
@@ -45,6 +45,20 @@ def save_final_model(trainer: Any, target: str) -> Path:
         if main and stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
     return target_path
+
+
+def _save_model(trainer: Any, folder: str) -> None:
+    """trainer.save_model, except under FSDP with a sharded state dict (fixtures/
+    accelerate_fsdp2.yaml), where transformers 5 writes no weights at all: there every rank
+    gathers the full state dict (accelerate does it for FSDP1 and FSDP2 alike) and the main
+    process writes it, as transformers does for FULL_STATE_DICT."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        state_dict_type = str(trainer.accelerator.state.fsdp_plugin.state_dict_type)
+        if "FULL_STATE_DICT" not in state_dict_type:
+            state_dict = trainer.accelerator.get_state_dict(trainer.model)
+            trainer._save(folder, state_dict=state_dict)
+            return
+    trainer.save_model(folder)
 
 
 def _holds_run_state(path: Path) -> bool:

@@ -62,3 +62,40 @@ def test_saving_into_output_dir_keeps_checkpoints_and_logs(tmp_path):
         "tokenizer.json",
         "training_logs.jsonl",
     ]
+
+
+class ShardedFsdpTrainer(FakeTrainer):
+    """FSDP with SHARDED_STATE_DICT: transformers' save_model would write no weights."""
+
+    is_fsdp_enabled = True
+
+    def __init__(self):
+        super().__init__()
+        from types import SimpleNamespace
+
+        plugin = SimpleNamespace(state_dict_type="StateDictType.SHARDED_STATE_DICT")
+        self.model = object()
+        self.gathered_from = None
+        self.accelerator = SimpleNamespace(
+            state=SimpleNamespace(fsdp_plugin=plugin), get_state_dict=self._gather
+        )
+
+    def _gather(self, model):
+        self.gathered_from = model
+        return {"w": 1}
+
+    def save_model(self, path: str) -> None:
+        raise AssertionError("transformers' save_model saves nothing for sharded FSDP")
+
+    def _save(self, path: str, state_dict=None) -> None:
+        from pathlib import Path
+
+        Path(path).mkdir(parents=True)
+        (Path(path) / "model.safetensors").write_text(repr(state_dict))
+
+
+def test_sharded_fsdp_gathers_a_full_state_dict_for_the_final_model(tmp_path):
+    trainer = ShardedFsdpTrainer()
+    saved = save_final_model(trainer, str(tmp_path / "final"))
+    assert trainer.gathered_from is trainer.model
+    assert (saved / "model.safetensors").read_text() == "{'w': 1}"
