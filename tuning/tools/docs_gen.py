@@ -188,8 +188,9 @@ def render_flags_markdown() -> str:
         "",
         "## Launcher keys",
         "",
-        "Keys of the JSON job that the Kubernetes launcher (`build/accelerate_launch.py`) reads. "
-        "That launcher is not built yet, so the trainer refuses them rather than ignore them.",
+        "Keys of the JSON job that the container's launcher (`build/accelerate_launch.py`, see "
+        "distributed.md) reads and takes out before the trainer sees the job. Given to the trainer "
+        "directly, they are refused rather than ignored.",
         "",
     ]
     lines += table(
