@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TINY := artifacts/tiny-llama
+TINY_GPT_OSS := artifacts/tiny-gpt-oss
 TORCH_CPU := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -22,10 +23,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -e ".[dev]" -c constraints.txt
 	touch $(STAMP)
 
-artifacts: $(TINY)/config.json
+artifacts: $(TINY)/config.json $(TINY_GPT_OSS)/config.json
 
-$(TINY)/config.json: scripts/make_tiny_artifacts.py | $(STAMP)
-	$(BIN)/python scripts/make_tiny_artifacts.py --out $(TINY)
+# One run builds both (they share the tokenizer); the gpt-oss reference weights land next to it.
+$(TINY)/config.json $(TINY_GPT_OSS)/config.json &: scripts/make_tiny_artifacts.py | $(STAMP)
+	$(BIN)/python scripts/make_tiny_artifacts.py --out $(TINY) --gpt-oss-out $(TINY_GPT_OSS)
 
 demo: setup artifacts
 	$(BIN)/python scripts/demo.py

@@ -43,7 +43,7 @@ def build_plan(job: JobConfig, environ: Mapping[str, str] | None = None) -> RunP
     problems.extend(decision.problems)
     seed = int(job.hf_training.get("seed", 42))
     data = build_data_plan(job.data, seed, problems)
-    model, model_notices = build_model_plan(job, problems, sdpa_only=decision.sdpa)
+    model = build_model_plan(job, problems, sdpa_only=decision.sdpa)
     train, notices = build_train_plan(job, data, problems, decision)
     problems.raise_if_any("The job")
     assert data is not None and model is not None and train is not None
@@ -52,5 +52,5 @@ def build_plan(job: JobConfig, environ: Mapping[str, str] | None = None) -> RunP
     if "eval_strategy" in job.hf_training or train.arguments["eval_strategy"] != "no":
         strategies["eval_strategy"] = train.arguments["eval_strategy"]
     resolved = {**job.resolved(), **strategies}
-    all_notices = (*job.notices, *decision.notices, *model_notices, *notices)
+    all_notices = (*job.notices, *decision.notices, *notices)
     return RunPlan(data, model, train, all_notices, dict(sorted(resolved.items())), launch)

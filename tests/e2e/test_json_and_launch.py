@@ -93,8 +93,9 @@ def _flags(tiny_model_dir, data_dir, out) -> list[str]:
         pytest.param([sys.executable, "tuning/sft_trainer.py"], id="script"),
         pytest.param([sys.executable, "-m", "tuning.sft_trainer"], id="module"),
         pytest.param(
+            # two real processes (torchrun): port 0 lets accelerate pick a free one
             [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-             "fixtures/cpu_2proc.yaml", "-m", "tuning.sft_trainer"],
+             "fixtures/cpu_2proc.yaml", "--main_process_port", "0", "-m", "tuning.sft_trainer"],
             id="accelerate-2proc",
         ),
     ],

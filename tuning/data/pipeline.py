@@ -305,7 +305,8 @@ def _main_process_first() -> Iterator[None]:
     except ImportError:
         yield
         return
-    with PartialState().main_process_first():
+    # per node: nodes that do not share a datasets cache each process once, not one at a time
+    with PartialState().local_main_process_first():
         yield
 
 

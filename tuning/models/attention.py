@@ -103,11 +103,13 @@ def unavailable(name: str, gpus: bool) -> str | None:
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    """What was asked, and the implementations to try in order at load."""
+    """What was asked, the implementations to try in order at load, and why the ones before
+    them cannot run (said once, at load, where the choice is final)."""
 
     asked: str
     chain: tuple[str, ...]
-    explicit: bool = False  # the user named it: a change is always said out loud
+    explicit: bool = False  # the user named it (--flash_attn_implementation)
+    reasons: tuple[str, ...] = ()
 
     @property
     def chosen(self) -> str:
@@ -116,13 +118,13 @@ class AttentionPlan:
 
 def plan_attention(
     use_flash_attn: bool, requested: str | None, explicit: bool, gpus: bool, sdpa_only: bool
-) -> tuple[AttentionPlan, list[str]]:
-    """The attention plan and its notices. ValueError for a name that is not an implementation."""
+) -> AttentionPlan:
+    """The attention plan. ValueError for a name that is not an attention implementation."""
     asked = normalise(requested)
     if sdpa_only:  # context parallel; the launch rules refused explicit flash requests
-        return AttentionPlan(asked, ("sdpa",), explicit), []
+        return AttentionPlan(asked, ("sdpa",), explicit)
     if not use_flash_attn:
-        return AttentionPlan("sdpa", ("sdpa",), explicit), []
+        return AttentionPlan("sdpa", ("sdpa",), explicit)
     candidates = list(dict.fromkeys((asked, "flash_attention_2", "sdpa")))
     chain, reasons = [], []
     for name in candidates:
@@ -131,27 +133,31 @@ def plan_attention(
             reasons.append(f"{name}: {reason}")
         else:
             chain.append(name)
-    notices = []
-    if chain[0] != asked:
-        source = "--flash_attn_implementation" if explicit else "use_flash_attn"
-        notices.append(
-            f"Attention: {asked} was asked ({source}); {chain[0]} is used because "
-            f"{'; '.join(reasons)}."
-        )
-    return AttentionPlan(asked, tuple(chain), explicit), notices
+    return AttentionPlan(asked, tuple(chain), explicit, tuple(reasons))
 
 
-def choose_attention(plan: AttentionPlan, cuda_available: bool) -> str:
-    """At load: the first planned implementation that can run with the torch actually loaded
-    (a GPU visible to the system may still be unusable by a CPU build of torch)."""
+def choose_attention(plan: AttentionPlan, cuda_available: bool, sdpa_supported: bool = True):
+    """At load, the final choice: the first planned implementation the loaded torch can run (a
+    GPU visible to the system may be unusable by a CPU build of torch), eager for architectures
+    without sdpa. One warning says what was asked, what is used and why."""
+    reasons = list(plan.reasons)
+    chosen = "sdpa"
     for name in plan.chain:
         if (name in _NEEDS_GPU or is_hub_kernel(name)) and not cuda_available:
+            reasons.append(f"{name}: torch sees no usable CUDA GPU")
             continue
-        if name != plan.chosen:
-            logger.warning(
-                "Attention: %s was planned but torch sees no usable CUDA GPU; using %s.",
-                plan.chosen,
-                name,
-            )
-        return name
-    return "sdpa"
+        chosen = name
+        break
+    if chosen == "sdpa" and not sdpa_supported:
+        reasons.append("sdpa: this model's architecture does not support it in transformers")
+        chosen = "eager"
+    if chosen != plan.asked:
+        source = "--flash_attn_implementation" if plan.explicit else "use_flash_attn"
+        logger.warning(
+            "Attention: %s was asked (%s); %s is used because %s.",
+            plan.asked,
+            source,
+            chosen,
+            "; ".join(reasons),
+        )
+    return chosen

@@ -23,7 +23,7 @@ def load_model(plan: ModelPlan, tokenizer: Any) -> tuple[Any, int]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    attention = choose_attention(plan.attention, torch.cuda.is_available())
+    attention = choose_attention(plan.attention, torch.cuda.is_available(), _supports_sdpa(plan))
     kwargs: dict[str, Any] = {
         "dtype": _dtype(plan.torch_dtype),
         "attn_implementation": attention,
@@ -44,6 +44,22 @@ def load_model(plan: ModelPlan, tokenizer: Any) -> tuple[Any, int]:
         ) from exc
     added = _resize_embeddings(model, tokenizer, plan.embedding_size_multiple_of)
     return model, added
+
+
+def _supports_sdpa(plan: ModelPlan) -> bool:
+    """Whether transformers' class for this checkpoint implements sdpa (gpt-oss does not)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(
+            plan.model_name_or_path,
+            trust_remote_code=plan.trust_remote_code,
+            cache_dir=plan.cache_dir,
+        )
+        model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    except (OSError, ValueError, KeyError):
+        return True  # let from_pretrained say what is wrong
+    return bool(getattr(model_class, "_supports_sdpa", True))
 
 
 def _resize_embeddings(model: Any, tokenizer: Any, multiple_of: int) -> int:

@@ -123,8 +123,8 @@ def _peft_problems(peft: PeftArgs) -> list[str]:
 
 def build_model_plan(
     job: JobConfig, problems: Problems, *, sdpa_only: bool = False
-) -> tuple[ModelPlan | None, list[str]]:
-    """The model slice (None when the model path is missing; problems added) and its notices.
+) -> ModelPlan | None:
+    """The model slice (None when the model path is missing; problems added).
 
     `sdpa_only`: the launch (context parallel) allows sdpa attention only; the launch rules
     already refused an explicit flash-attention request."""
@@ -147,15 +147,15 @@ def build_model_plan(
     problems.extend(_peft_problems(peft))
     explicit = m.flash_attn_implementation is not None  # by value: a saved config replans alike
     try:
-        attention, notices = plan_attention(
+        attention = plan_attention(
             m.use_flash_attn, m.flash_attn_implementation, explicit, gpus_visible(), sdpa_only
         )
     except ValueError as exc:
         problems.add(str(exc))
-        attention, notices = AttentionPlan("sdpa", ("sdpa",)), []
+        attention = AttentionPlan("sdpa", ("sdpa",))
     if not m.model_name_or_path:
-        return None, notices
-    plan = ModelPlan(
+        return None
+    return ModelPlan(
         model_name_or_path=m.model_name_or_path,
         tokenizer_name_or_path=m.tokenizer_name_or_path or m.model_name_or_path,
         trust_remote_code=m.trust_remote_code,
@@ -170,4 +170,3 @@ def build_model_plan(
         add_special_tokens=tuple(job.data.add_special_tokens or ()),
         cache_dir=job.training.cache_dir,
     )
-    return plan, notices

@@ -24,27 +24,36 @@ def save_final_model(trainer: Any, target: str) -> Path:
         shutil.rmtree(stage)
     try:
         _save_model(trainer, str(stage))
-        if not main:
-            return target_path
-        if _holds_run_state(target_path):
-            for item in stage.iterdir():
-                destination = target_path / item.name
-                if destination.is_dir():
-                    shutil.rmtree(destination)
-                os.replace(item, destination)
-            stage.rmdir()
-        else:
-            previous = None
-            if target_path.exists():
-                previous = target_path.parent / f".{target_path.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(target_path, previous)
-            os.replace(stage, target_path)
-            if previous is not None:
-                shutil.rmtree(previous, ignore_errors=True)
+        if main:
+            _move_into_place(stage, target_path)
     finally:
         if main and stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+        # the other ranks go on only once the model is in place (they may read it next)
+        accelerator = getattr(trainer, "accelerator", None)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
     return target_path
+
+
+def _move_into_place(stage: Path, target_path: Path) -> None:
+    """A separate target is swapped in by renaming folders; an output_dir (it holds
+    checkpoints and logs) gets each staged file replaced atomically."""
+    if _holds_run_state(target_path):
+        for item in stage.iterdir():
+            destination = target_path / item.name
+            if destination.is_dir():
+                shutil.rmtree(destination)
+            os.replace(item, destination)
+        stage.rmdir()
+        return
+    previous = None
+    if target_path.exists():
+        previous = target_path.parent / f".{target_path.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target_path, previous)
+    os.replace(stage, target_path)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _save_model(trainer: Any, folder: str) -> None:
@@ -56,7 +65,8 @@ def _save_model(trainer: Any, folder: str) -> None:
         state_dict_type = str(trainer.accelerator.state.fsdp_plugin.state_dict_type)
         if "FULL_STATE_DICT" not in state_dict_type:
             state_dict = trainer.accelerator.get_state_dict(trainer.model)
-            trainer._save(folder, state_dict=state_dict)
+            if trainer.args.should_save:
+                trainer._save(folder, state_dict=state_dict)
             return
     trainer.save_model(folder)
 

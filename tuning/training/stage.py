@@ -52,8 +52,9 @@ def train(
     saved = None
     if plan.save_model_dir:
         saved = save_final_model(trainer, plan.save_model_dir)
-        logger.info("Tuned model saved to %s", saved)
     if trainer.is_world_process_zero():
+        if saved:
+            logger.info("Tuned model saved to %s", saved)
         _write_summary(plan, trainer, result, elapsed, saved)
         if model_plan.peft_method in ("lora", "alora"):
             _write_added_tokens_info(added_rows, [plan.output_dir, saved])
@@ -84,7 +85,17 @@ def _write_summary(plan: TrainPlan, trainer, result, elapsed, saved) -> None:
 
 
 def save_processed_data(plan: TrainPlan, data: Any) -> None:
-    """--do_dataprocessing_only: write the tokenized splits to output_dir and stop."""
+    """--do_dataprocessing_only: the main process writes the tokenized splits to output_dir;
+    the others wait until it has."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        _write_processed_data(plan, data)
+    state.wait_for_everyone()
+
+
+def _write_processed_data(plan: TrainPlan, data: Any) -> None:
     out = Path(plan.output_dir)
     splits = {"train": (data.train, plan.train_shards)}
     if data.eval is not None:

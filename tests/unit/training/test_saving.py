@@ -76,8 +76,11 @@ class ShardedFsdpTrainer(FakeTrainer):
         plugin = SimpleNamespace(state_dict_type="StateDictType.SHARDED_STATE_DICT")
         self.model = object()
         self.gathered_from = None
+        self.args = SimpleNamespace(should_save=True)
         self.accelerator = SimpleNamespace(
-            state=SimpleNamespace(fsdp_plugin=plugin), get_state_dict=self._gather
+            state=SimpleNamespace(fsdp_plugin=plugin),
+            get_state_dict=self._gather,
+            wait_for_everyone=lambda: None,
         )
 
     def _gather(self, model):
