@@ -39,6 +39,14 @@ def save_resolved_config(plan: RunPlan) -> None:
     os.replace(tmp, out / RESOLVED_CONFIG_NAME)
 
 
+def _drop_fsdp_launch() -> None:
+    """The plan chose CPU DDP for an FSDP launch on a machine without GPUs: take accelerate's
+    FSDP switch out of this process's environment so the Accelerator does not build (and fail
+    on) an FSDP plugin that cannot run here."""
+    for name in [n for n in os.environ if n == "ACCELERATE_USE_FSDP" or n.startswith("FSDP_")]:
+        del os.environ[name]
+
+
 def execute(plan: RunPlan) -> None:
     """Run each stage on its slice of the plan."""
     from tuning.data.pipeline import prepare_datasets
@@ -47,11 +55,18 @@ def execute(plan: RunPlan) -> None:
     from tuning.training.trainer import sft_config
 
     _log_process()
+    if plan.train.fsdp_off:
+        _drop_fsdp_launch()
     tokenizer = load_tokenizer(plan.model)
     t = plan.train
     max_length = effective_max_length(t.max_seq_length, t.max_seq_length_explicit, tokenizer)
-    # TrainingArguments' own checks need transformers: run them before any tokenization
+    # TrainingArguments' own checks need transformers: run them before any tokenization. They
+    # also set up the process group, so the ranks of a launch agree on who prepares data first.
     args = None if t.process_data_only else sft_config(t, max_length)
+    if t.process_data_only:
+        from accelerate import PartialState
+
+        PartialState(cpu=bool(t.arguments.get("use_cpu", False)))
     data = prepare_datasets(
         plan.data,
         tokenizer,

@@ -435,4 +435,5 @@ def test_processed_data_is_written_by_the_main_process_only(work, tiny_model_dir
     from datasets import load_from_disk
 
     assert len(load_from_disk(str(out / "processed_data" / "train"))) == ROWS
-    assert [e for e in _touched(launch.probes[1]) if (e[1] or "").startswith("out")] == []
+    rank1 = [e for e in _touched(launch.probes[1]) if (e[1] or "").startswith("out")]
+    assert rank1 == [], rank1

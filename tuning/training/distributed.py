@@ -23,6 +23,7 @@ class LaunchDecision:
     problems: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     use_cpu: bool = False  # distributed over gloo on CPU (TrainingArguments.use_cpu)
+    fsdp_off: bool = False  # an FSDP launch without GPUs: accelerate's FSDP switch is taken out
     sdpa: bool = False  # context parallel: attention must be sdpa
     pad_to_multiple_of: int | None = None
 
@@ -103,6 +104,7 @@ def launch_decision(job: JobConfig, env: LaunchEnv) -> LaunchDecision:
     if env.distributed and not env.gpus and not env.deepspeed:
         decision.use_cpu = True
         if env.fsdp_version is not None:
+            decision.fsdp_off = True
             decision.notices.append(
                 f"FSDP{env.fsdp_version} needs CUDA GPUs and none are visible: these "
                 f"{env.world_size} processes train as CPU DDP over gloo instead (same data, "

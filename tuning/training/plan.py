@@ -72,6 +72,7 @@ class TrainPlan:
     process_data_only: bool
     train_shards: int | None
     eval_shards: int | None
+    fsdp_off: bool = False  # FSDP asked by the launch, none possible here: train as CPU DDP
 
 
 def _value(job: JobConfig, name: str) -> Any:
@@ -298,5 +299,6 @@ def build_train_plan(
         process_data_only=job.data.do_dataprocessing_only,
         train_shards=job.data.num_train_dataset_shards,
         eval_shards=job.data.num_eval_dataset_shards,
+        fsdp_off=launch.fsdp_off,
     )
     return plan, notices

@@ -93,11 +93,11 @@ def test_launch_rules_refuse_what_cannot_work(tmp_path, monkeypatch, change, fla
 def test_fsdp_fixture_without_gpus_trains_as_cpu_ddp_with_one_notice(tmp_path, monkeypatch):
     monkeypatch.setattr("tuning.config.launch_env.glob.glob", lambda pattern: [])
     plan = _plan(tmp_path, {"WORLD_SIZE": "2", "RANK": "1", **FSDP1})
-    assert plan.train.arguments["use_cpu"] is True
+    assert plan.train.arguments["use_cpu"] is True and plan.train.fsdp_off
     notices = [n for n in plan.notices if "FSDP1 needs CUDA GPUs" in n]
     assert len(notices) == 1 and "CPU DDP over gloo" in notices[0]
     ddp = _plan(tmp_path, {"WORLD_SIZE": "2"})  # a MULTI_GPU fixture on a laptop
-    assert ddp.train.arguments["use_cpu"] is True
+    assert ddp.train.arguments["use_cpu"] is True and not ddp.train.fsdp_off
     single = _plan(tmp_path, {})
     assert "use_cpu" not in single.train.arguments  # one process: the Trainer picks the device
 
