@@ -107,6 +107,11 @@ def _peft_problems(peft: PeftArgs) -> list[str]:
             "--peft_method alora needs --alora_invocation_string: the text that turns the "
             "adapter on (it must occur in every training sample)."
         )
+    if peft.target_parameters and peft.lora_dropout != 0:
+        problems.append(
+            f"--target_parameters: peft's parameter adapters do not work with dropout, but "
+            f"--lora_dropout is {peft.lora_dropout:g} (its default is 0.05); set --lora_dropout 0."
+        )
     used = set(METHOD_ARGS.get(peft.peft_method, ()))
     for method, names in METHOD_ARGS.items():
         if method == peft.peft_method:
