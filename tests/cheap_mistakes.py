@@ -75,6 +75,7 @@ CASES: list[Mistake] = [
     Mistake("alora-string-without-alora", ("--alora_invocation_string", "<|x|>"), r"--alora_invocation_string is an argument of --peft_method alora"),
     Mistake("alora-without-string", ("--peft_method", "alora"), r"--peft_method alora needs --alora_invocation_string"),
     Mistake("target-parameters-with-dropout", ("--peft_method", "lora", "--target_parameters", "mlp.experts.gate_up_proj"), r"--target_parameters: .* set --lora_dropout 0"),
+    Mistake("liger-without-extra-or-gpu", ("--use_liger_kernel", "true"), r"--use_liger_kernel needs the optional package 'liger-kernel'.*--use_liger_kernel needs CUDA GPUs"),
     Mistake("warmup-both", ("--warmup_ratio", "0.1", "--warmup_steps", "5"), r"--warmup_ratio and --warmup_steps"),
     Mistake("packing-and-padding-free", ("--packing", "--padding_free", "huggingface"), r"--packing already packs"),
     Mistake("config-and-path", ("--data_config", "{tmp}/cfg.yaml"), r"both set", setup=_unknown_handler_config),

@@ -19,17 +19,54 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuning.errors import ConfigError
+from tuning.registry import Registry
+
 logger = logging.getLogger(__name__)
 
 FA3_HUB_KERNEL = "kernels-community/flash-attn3"
-ALIASES = {"fa2": "flash_attention_2", "fa3": FA3_HUB_KERNEL}
-BUILT_IN = ("flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention")
 _HUB_KERNEL = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?(:\w+)?$")
+
+
+@dataclass(frozen=True)
+class AttentionInfo:
+    """One attention implementation transformers accepts, and what it needs here."""
+
+    name: str
+    doc: str
+    package: str | None = None  # import name that must be present
+    needs_gpu: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+ATTENTION: Registry[AttentionInfo] = Registry("attention implementation")
+for _info in (
+    AttentionInfo(
+        "flash_attention_2",
+        "flash-attention 2 (pip install 'tuneforge[flash-attn]'); fms's default.",
+        package="flash_attn",
+        needs_gpu=True,
+        aliases=("fa2",),
+    ),
+    AttentionInfo(
+        "flash_attention_3",
+        "flash-attention 3 (flash_attn_interface), Hopper GPUs.",
+        package="flash_attn_interface",
+        needs_gpu=True,
+    ),
+    AttentionInfo("sdpa", "torch's scaled_dot_product_attention; the end of the fallback chain."),
+    AttentionInfo("eager", "plain matrix products; for architectures without sdpa (gpt-oss)."),
+    AttentionInfo(
+        "flex_attention", "torch flex_attention (no CPU backward in torch).", needs_gpu=True
+    ),
+):
+    ATTENTION.add(_info)
 # Implementations that keep packed sequences apart. Flash kernels use cu_seq_lens; since
 # transformers 5, sdpa/eager/flex build a block-diagonal mask from packed position_ids when no
 # attention_mask and no cache is given (training). tests/unit/training/test_collators.py proves it.
 BOUNDARY_AWARE = {"flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention"}
-_NEEDS_GPU = {"flash_attention_2", "flash_attention_3", "flex_attention"}
+# fa3 is our short name for the hub kernel (not transformers' flash_attention_3)
+_HUB_ALIASES = {"fa3": FA3_HUB_KERNEL}
 
 
 def is_hub_kernel(name: str) -> bool:
@@ -43,14 +80,16 @@ def keeps_sequences_apart(name: str) -> bool:
 
 def normalise(value: str | None) -> str:
     """The implementation a flag value names (aliases resolved); ValueError when it names none."""
-    name = ALIASES.get(value or "flash_attention_2", value or "flash_attention_2")
-    if name in BUILT_IN or is_hub_kernel(name):
+    name = _HUB_ALIASES.get(value or "", value or "flash_attention_2")
+    if is_hub_kernel(name):
         return name
-    raise ValueError(
-        f"--flash_attn_implementation {value!r} is not an attention implementation: use one of "
-        f"{', '.join(BUILT_IN)}, a hub kernel 'owner/name[@revision][:function]' (e.g. "
-        "kernels-community/vllm-flash-attn3), or the short names fa2, fa3."
-    )
+    try:
+        return ATTENTION.resolve(name).name
+    except ConfigError as exc:
+        raise ValueError(
+            f"--flash_attn_implementation: {exc} Or a hub kernel "
+            "'owner/name[@revision][:function]' (e.g. kernels-community/vllm-flash-attn3), or fa3."
+        ) from None
 
 
 def _transformers_pin(package: str) -> str | None:
@@ -87,18 +126,21 @@ def _kernels_problem() -> str | None:
 
 def unavailable(name: str, gpus: bool) -> str | None:
     """Why `name` cannot run here, or None (decided without importing torch)."""
-    if name in ("sdpa", "eager"):
-        return None
     reasons = []
-    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        reasons.append("flash-attn is not installed (pip install 'tuneforge[flash-attn]')")
-    if name == "flash_attention_3" and importlib.util.find_spec("flash_attn_interface") is None:
-        reasons.append("flash-attention 3 (flash_attn_interface) is not installed")
     if is_hub_kernel(name):
         reasons += [r for r in [_kernels_problem()] if r]
-    if (name in _NEEDS_GPU or is_hub_kernel(name)) and not gpus:
+    else:
+        info = ATTENTION.resolve(name)
+        if info.package and importlib.util.find_spec(info.package) is None:
+            extra = " (pip install 'tuneforge[flash-attn]')" if info.package == "flash_attn" else ""
+            reasons.append(f"{info.package} is not installed{extra}")
+    if _needs_gpu(name) and not gpus:
         reasons.append("no CUDA GPU is visible")
     return "; ".join(reasons) or None
+
+
+def _needs_gpu(name: str) -> bool:
+    return is_hub_kernel(name) or ATTENTION.resolve(name).needs_gpu
 
 
 @dataclass(frozen=True)
@@ -143,7 +185,7 @@ def choose_attention(plan: AttentionPlan, cuda_available: bool, sdpa_supported: 
     reasons = list(plan.reasons)
     chosen = "sdpa"
     for name in plan.chain:
-        if (name in _NEEDS_GPU or is_hub_kernel(name)) and not cuda_available:
+        if _needs_gpu(name) and not cuda_available:
             reasons.append(f"{name}: torch sees no usable CUDA GPU")
             continue
         chosen = name

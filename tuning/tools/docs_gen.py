@@ -118,6 +118,28 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
+def _attention_section() -> list[str]:
+    """The attention registry: what --flash_attn_implementation accepts."""
+    from tuning.models.attention import ATTENTION
+
+    lines = [
+        "",
+        "## Attention implementations",
+        "",
+        "`--flash_attn_implementation` takes these names, or a hub kernel "
+        "`owner/name[@revision][:function]` (needs the `kernels` extra and a CUDA GPU; `fa3` is "
+        "`kernels-community/flash-attn3`). With `--use_flash_attn true` one that cannot run falls "
+        "back to flash_attention_2, then sdpa (eager for architectures without sdpa), with one "
+        "warning; see models.md.",
+        "",
+    ]
+    rows = [
+        (f"`{name}`", ", ".join(f"`{a}`" for a in aliases.split(", ") if a) or "", cell(doc))
+        for name, aliases, doc in ATTENTION.doc_rows()
+    ]
+    return lines + table(("implementation", "short name", "what it is"), rows)
+
+
 def _trackers_section() -> list[str]:
     """The tracker registry: what --trackers and --report_to accept."""
     from tuning.trackers.registry import TRACKERS
@@ -157,6 +179,7 @@ def render_flags_markdown() -> str:
             ],
         )
 
+    lines += _attention_section()
     lines += _trackers_section()
     passthrough = [spec for spec in flags.values() if spec.section == "hf"]
     lines += [
