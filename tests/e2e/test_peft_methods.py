@@ -57,3 +57,25 @@ def test_lora_with_gradient_checkpointing_trains(run_tuner, data_dir, fast_flags
     assert code == 0
     weights = load_file(out / "adapter" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+
+
+def test_more_lora_fields_reach_peft(run_tuner, data_dir, fast_flags, tmp_path):
+    """rank_pattern / alpha_pattern / lora_bias travel to peft's LoraConfig as given."""
+    from safetensors.torch import load_file
+
+    code, out = run_tuner(
+        "--training_data_path", str(data_dir / "input_output.jsonl"),
+        "--peft_method", "lora", "--target_modules", "q_proj", "v_proj", "--r", "8",
+        "--rank_pattern", '{"q_proj": 4}', "--alpha_pattern", '{"q_proj": 8}',
+        "--lora_bias", "true", *fast_flags,
+        "--save_model_dir", str(tmp_path / "out" / "adapter"),
+    )  # fmt: skip
+    assert code == 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["rank_pattern"] == {"q_proj": 4} and config["alpha_pattern"] == {"q_proj": 8}
+    assert config["lora_bias"] is True
+    weights = load_file(out / "adapter" / "adapter_model.safetensors")
+    q = next(v for k, v in weights.items() if "q_proj.lora_A" in k)
+    v = next(v for k, v in weights.items() if "v_proj.lora_A" in k)
+    assert (q.shape[0], v.shape[0]) == (4, 8)
+    assert any("lora_B" in k and k.endswith("bias") for k in weights)

@@ -225,6 +225,34 @@ class PeftArgs(_Section):
     bias: Literal["none", "all", "lora_only"] = Field("none", description="LoRA bias training.")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling.")
+    lora_bias: bool = Field(False, description="Train a bias on LoRA's B matrices (peft).")
+    fan_in_fan_out: bool = Field(
+        False,
+        description="The target layers store weights as (fan_in, fan_out), e.g. GPT-2 Conv1D.",
+    )
+    rank_pattern: dict[str, int] | None = Field(
+        None,
+        description="Per-module ranks overriding --r, as a JSON object of name regex to rank.",
+        json_schema_extra=_extra(kind="json"),
+    )
+    alpha_pattern: dict[str, int] | None = Field(
+        None,
+        description="Per-module alphas overriding --lora_alpha, as a JSON object.",
+        json_schema_extra=_extra(kind="json"),
+    )
+    trainable_token_indices: list[int] | None = Field(
+        None,
+        description="Train only these rows of the embedding (peft's trainable tokens), e.g. the "
+        "ids of added tokens, instead of saving the whole embedding.",
+    )
+    layer_replication: list[list[int]] | None = Field(
+        None,
+        description="Build a deeper model by stacking layer ranges, e.g. [[0, 4], [2, 5]] (peft).",
+        json_schema_extra=_extra(kind="json"),
+    )
+    ensure_weight_tying: bool = Field(
+        False, description="Keep tied embedding and head tied when both are adapted (peft)."
+    )
     init_lora_weights: str = Field(
         "true", description="LoRA initialisation: true, false, gaussian, pissa, olora, ..."
     )

@@ -50,6 +50,13 @@ def peft_config(plan: ModelPlan, tokenizer: Any = None) -> Any | None:
             use_dora=p.use_dora,
             use_rslora=p.use_rslora,
             init_lora_weights=init,
+            lora_bias=p.lora_bias,
+            fan_in_fan_out=p.fan_in_fan_out,
+            rank_pattern=p.rank_pattern or {},
+            alpha_pattern=p.alpha_pattern or {},
+            trainable_token_indices=p.trainable_token_indices,
+            layer_replication=[tuple(pair) for pair in p.layer_replication or []] or None,
+            ensure_weight_tying=p.ensure_weight_tying,
             # activated LoRA: the adapter acts only from the invocation tokens on (peft)
             alora_invocation_tokens=invocation_tokens(plan, tokenizer),
         )

@@ -38,6 +38,13 @@ LORA_ARGS = (
     "use_dora",
     "use_rslora",
     "init_lora_weights",
+    "lora_bias",
+    "fan_in_fan_out",
+    "rank_pattern",
+    "alpha_pattern",
+    "trainable_token_indices",
+    "layer_replication",
+    "ensure_weight_tying",
 )
 PROMPT_TUNING_ARGS = ("prompt_tuning_init", "num_virtual_tokens", "prompt_tuning_init_text")
 METHOD_ARGS = {
