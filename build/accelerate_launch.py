@@ -45,6 +45,8 @@ from tuning.config.parse import JSON_ENV_VAR, JSON_PATH_VAR, read_json_job
 from tuning.config.schema import LAUNCHER_KEYS
 from tuning.errors import (
     INTERNAL_ERROR_EXIT_CODE,
+    PREEMPTED_EXIT_CODE,
+    PREEMPTED_PREFIX,
     USER_ERROR_EXIT_CODE,
     ConfigError,
     UserError,
@@ -546,7 +548,7 @@ def child_messages(text: str) -> list[str]:
     """The messages the training processes wrote, each once (every rank may write the same)."""
     messages: list[str] = []
     for line in text.splitlines():
-        if line.startswith(("Error:", "Internal error:")) or not messages:
+        if line.startswith(("Error:", "Internal error:", PREEMPTED_PREFIX)) or not messages:
             messages.append(line)
         else:
             messages[-1] += "\n" + line
@@ -555,11 +557,15 @@ def child_messages(text: str) -> list[str]:
 
 def exit_code_for(returncode: int, messages: Sequence[str]) -> int:
     """0 on success; 1 when any rank reported a user error (the others then fail with it);
-    203 for everything else, a crash or a kill included."""
+    143 when a rank reported a preemption (SIGTERM/SIGINT: checkpoint saved, or a second signal)
+    and none a user error, so Kubernetes restarts the pod and the rerun resumes; 203 for
+    everything else, a crash or a kill included."""
     if returncode == 0:
         return 0
     if any(message.startswith("Error:") for message in messages):
         return USER_ERROR_EXIT_CODE
+    if any(message.startswith(PREEMPTED_PREFIX) for message in messages):
+        return PREEMPTED_EXIT_CODE
     return INTERNAL_ERROR_EXIT_CODE
 
 
@@ -707,6 +713,25 @@ def accelerate_argv(
     return argv, notices + more
 
 
+_DISTRIBUTED_OPTIONS = ("--config_file", "--multi_gpu", "--use_fsdp", "--use_deepspeed")
+
+
+def single_plain_process(argv: Sequence[str]) -> bool:
+    """One process and nothing distributed: the trainer runs directly, not under accelerate's
+    simple launcher, which neither forwards SIGTERM nor waits for its child when it gets one
+    (a preempted one-GPU pod would lose its checkpoint)."""
+
+    def value(option: str, default: str) -> str:
+        return argv[argv.index(option) + 1] if option in argv else default
+
+    distributed = any(option in argv for option in _DISTRIBUTED_OPTIONS)
+    return (
+        not distributed
+        and value("--num_processes", "1") == "1"
+        and value("--num_machines", "1") == "1"
+    )
+
+
 def is_main_node(argv: Sequence[str]) -> bool:
     """Machine rank 0 (or a single machine): the node that marks and post-processes outputs."""
     return "--machine_rank" not in argv or argv[argv.index("--machine_rank") + 1] == "0"
@@ -727,7 +752,11 @@ def launch(environ: Mapping[str, str]) -> int:
         marker = Path(plan.train.output_dir) / COMPLETE_MARKER
         if main_node and marker.exists():
             marker.unlink()  # a finished earlier run must not mark this one
-        command = [sys.executable, "-m", "accelerate.commands.launch", *argv]
+        command = (
+            [sys.executable, "-m", TRAINER_MODULE]
+            if single_plain_process(argv)
+            else [sys.executable, "-m", "accelerate.commands.launch", *argv]
+        )
         say("running " + " ".join(command[1:]))
         returncode = run_accelerate(command, child_environment(environ, job_file, child_log))
         messages = child_messages(child_log.read_text() if child_log.exists() else "")
@@ -755,7 +784,8 @@ def launch(environ: Mapping[str, str]) -> int:
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:
-    """Exit codes: 0 success, 1 user error (here or on any rank), 203 anything else."""
+    """Exit codes: 0 success, 1 user error (here or on any rank), 143 preempted (a rank saved a
+    checkpoint and stopped on SIGTERM/SIGINT), 203 anything else."""
     try:
         return launch(os.environ if environ is None else environ)
     except UserError as exc:

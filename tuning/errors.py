@@ -13,6 +13,10 @@ from pathlib import Path
 
 USER_ERROR_EXIT_CODE = 1
 INTERNAL_ERROR_EXIT_CODE = 203
+# 128 + SIGTERM: the run was preempted, saved a checkpoint and stopped. Retryable for
+# Kubernetes/PyTorchJob (restartPolicy ExitCode); a rerun resumes from that checkpoint.
+PREEMPTED_EXIT_CODE = 143
+PREEMPTED_PREFIX = "Preempted:"  # how its termination log lines start
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -49,6 +53,12 @@ class MissingExtraError(UserError):
 
 class InternalError(TuneforgeError):
     """A bug or an environment failure we did not expect."""
+
+
+class Preempted(TuneforgeError):
+    """SIGTERM/SIGINT stopped training after a checkpoint; not a failure of the job."""
+
+    exit_code = PREEMPTED_EXIT_CODE
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:

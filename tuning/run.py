@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 from tuning.plan import RunPlan
@@ -34,9 +35,27 @@ def save_resolved_config(plan: RunPlan) -> None:
         return
     out = Path(plan.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(dict(plan.resolved), indent=2, sort_keys=True) + "\n"
+    target = out / RESOLVED_CONFIG_NAME
+    if target.is_file():
+        if target.read_text(encoding="utf-8") == text:
+            return  # the same job again: keep the record (and its time) as it is
+        _keep_previous_config(target)
     tmp = out / f".{RESOLVED_CONFIG_NAME}.tmp"
-    tmp.write_text(json.dumps(dict(plan.resolved), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / RESOLVED_CONFIG_NAME)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def _keep_previous_config(target: Path) -> None:
+    """Move an earlier run's record aside as tuneforge_config.<its mtime, UTC>.json."""
+    stamp = datetime.fromtimestamp(target.stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stem, suffix = Path(RESOLVED_CONFIG_NAME).stem, Path(RESOLVED_CONFIG_NAME).suffix
+    keep = target.with_name(f"{stem}.{stamp}{suffix}")
+    n = 1
+    while keep.exists():  # two records within one second: number the later ones
+        keep = target.with_name(f"{stem}.{stamp}-{n}{suffix}")
+        n += 1
+    os.replace(target, keep)
 
 
 def _drop_fsdp_launch() -> None:
@@ -48,6 +67,30 @@ def _drop_fsdp_launch() -> None:
 
 
 def execute(plan: RunPlan) -> None:
+    """Run the plan holding output_dir's run lock (main process only), released however the
+    run ends: a second run into the same output_dir is refused while this one lives."""
+    from tuning.training.lock import acquire
+
+    lock = acquire(plan.train.output_dir) if _is_main_process() else None
+    try:
+        _execute_stages(plan)
+    finally:
+        if lock is not None:
+            lock.release()
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Leave the process group cleanly: a gloo group torn down at interpreter exit can abort a
+    rank ("terminate called without an active exception") after a successful run."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _execute_stages(plan: RunPlan) -> None:
     """Run each stage on its slice of the plan."""
     from tuning.data.pipeline import prepare_datasets
     from tuning.models.tokenizer import effective_max_length, load_tokenizer

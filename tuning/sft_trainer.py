@@ -1,7 +1,8 @@
 """tuneforge's entry point: load the job -> build the plan -> execute it.
 
 Runs as `python tuning/sft_trainer.py`, `python -m tuning.sft_trainer` or under
-`accelerate launch -m tuning.sft_trainer`. Exit codes: 0 success, 1 user error, 203 internal.
+`accelerate launch -m tuning.sft_trainer`. Exit codes: 0 success, 1 user error, 203 internal,
+143 preempted (SIGTERM/SIGINT during training: checkpoint saved, rerun to resume).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from tuning.config.job import JobConfig, build_job_config
 from tuning.config.parse import collect_values
 from tuning.errors import (
     INTERNAL_ERROR_EXIT_CODE,
+    PREEMPTED_PREFIX,
+    Preempted,
     TuneforgeError,
     UserError,
     write_termination_log,
@@ -60,6 +63,14 @@ def _fail(exc: BaseException, code: int, show_traceback: bool) -> int:
     return code
 
 
+def _preempted(exc: Preempted) -> int:
+    """A clean stop after a checkpoint: no traceback, one line, the retryable exit code."""
+    message = f"{PREEMPTED_PREFIX} {exc}"
+    print(message, file=sys.stderr)
+    write_termination_log(message)
+    return exc.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
@@ -75,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for notice in plan.notices:
             logger.warning(notice)
         execute(plan)
+    except Preempted as exc:
+        return _preempted(exc)
     except UserError as exc:
         return _fail(exc, exc.exit_code, _debug(argv, job))
     except TuneforgeError as exc:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tuning.data.config.schema import DataConfig, DatasetSpec
 from tuning.data.finish import (
     CHAT_MASKING,
+    check_token_rows,
     drop_zero_labels,
     ensure_labels,
     finishing_chain,
@@ -188,6 +189,7 @@ def _process_one(
     dataset = apply_chain(dataset, finishing, ctx)
     chain = [*chain, *finishing]
     dataset = ensure_labels(dataset, spec.name)
+    dataset = check_token_rows(dataset, spec.name, len(ctx.tokenizer))
     dataset = fit_long_rows(dataset, ctx.max_seq_length, ctx.tokenizer.bos_token_id)
     dataset = normalise(dataset)
     report = DatasetReport(name=spec.name)

@@ -31,6 +31,7 @@ def train(
     from tuning.models.peft import apply_peft, invocation_tokens
     from tuning.training.collators import check_padding_free
     from tuning.training.invocation import check_invocation
+    from tuning.training.preemption import PreemptionCallback, PreemptionGuard
     from tuning.training.saving import save_final_model
     from tuning.training.trainer import build_trainer
 
@@ -47,8 +48,14 @@ def train(
     if plan.resume_from:
         logger.info("Resuming from %s", plan.resume_from)
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=plan.resume_from)
+    guard = PreemptionGuard()
+    preemption = PreemptionCallback(guard)
+    trainer.add_callback(preemption)
+    with guard:  # SIGTERM/SIGINT: finish the step, checkpoint, stop (training only)
+        result = trainer.train(resume_from_checkpoint=plan.resume_from)
     elapsed = time.perf_counter() - started
+    if preemption.stopped_at is not None:
+        _raise_preempted(trainer, preemption.stopped_at, guard.signum)
     saved = None
     if plan.save_model_dir:
         saved = save_final_model(trainer, plan.save_model_dir)
@@ -58,6 +65,18 @@ def train(
         _write_summary(plan, trainer, result, elapsed, saved)
         if model_plan.peft_method in ("lora", "alora"):
             _write_added_tokens_info(added_rows, [plan.output_dir, saved])
+
+
+def _raise_preempted(trainer: Any, step: int, signum: int | None) -> None:
+    """Stopped by a signal after the Trainer's checkpoint at `step`: no final model and no run
+    summary (the run is not finished); exit 143 through the entry point."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from tuning.errors import Preempted
+    from tuning.training.preemption import preempted_message
+
+    checkpoint = Path(trainer.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+    raise Preempted(preempted_message(step, str(checkpoint), signum))
 
 
 def _write_added_tokens_info(count: int, folders: list) -> None:

@@ -729,3 +729,18 @@ def test_the_library_never_imports_the_launcher():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not [n for n in names if n.split(".")[0] in ("build", "accelerate_launch")], path
+
+
+@pytest.mark.parametrize(
+    ("argv", "direct"),
+    [
+        (["--num_processes", "1", "--module", "tuning.sft_trainer"], True),
+        (["--module", "tuning.sft_trainer"], True),
+        (["--num_processes", "2", "--multi_gpu", "--module", "tuning.sft_trainer"], False),
+        (["--config_file", "f.yaml", "--num_processes", "1", "--module", "x"], False),
+        (["--num_processes", "1", "--num_machines", "2", "--module", "x"], False),
+    ],
+)
+def test_one_plain_process_runs_the_trainer_directly(argv, direct):
+    """accelerate's simple launcher would swallow SIGTERM: one process runs without it."""
+    assert launcher.single_plain_process(argv) is direct

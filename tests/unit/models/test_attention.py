@@ -97,7 +97,10 @@ def test_a_wrong_name_is_a_plan_error(tiny_model_dir):
     )
     problems = Problems()
     build_model_plan(job, problems)
-    with pytest.raises(ConfigError, match=r"--flash_attn_implementation: unknown attention implementation 'fa4'\. Did you mean"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--flash_attn_implementation: unknown attention implementation 'fa4'\. Did you mean",
+    ):
         problems.raise_if_any()
 
 

@@ -21,7 +21,7 @@ from tuning.data.handlers.registry import (
     HandlerContext,
     HandlerFn,
 )
-from tuning.errors import DataError
+from tuning.errors import DataError, TuneforgeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
@@ -83,6 +83,39 @@ def _as_lists(output: dict[str, Any]) -> dict[str, Any]:
     return {k: v.to_pylist() if isinstance(v, pa.Array) else v for k, v in output.items()}
 
 
+def _rows_text(indices: Any) -> str:
+    """'row 7', 'rows 0..999' or '' for the indices datasets passed (an int or a list)."""
+    if isinstance(indices, int):
+        return f"row {indices}"
+    if indices is None:
+        return ""
+    indices = list(indices)
+    if not indices:
+        return ""
+    if len(indices) == 1:
+        return f"row {indices[0]}"
+    return f"rows {indices[0]}..{indices[-1]}"
+
+
+def handler_error(name: str, dataset: str, indices: Any, exc: BaseException) -> DataError:
+    """The DataError for an exception raised inside a handler's function."""
+    where = _rows_text(indices)
+    message = str(exc)
+    if len(message) > 1000:
+        message = message[:1000] + "..."
+    detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return DataError(
+        f"data handler '{name}' failed on dataset '{dataset}'{', ' + where if where else ''}: "
+        f"{detail}. Fix the handler or the data."
+    )
+
+
+def _handler_name(fn: HandlerFn) -> str:
+    info = getattr(fn, "__tuneforge_handler__", None)
+    name = getattr(info, "name", None)
+    return name if isinstance(name, str) else getattr(fn, "__qualname__", repr(fn))
+
+
 def _call(
     batch: Any,
     _handler: HandlerFn,
@@ -90,20 +123,34 @@ def _call(
     _ctx: HandlerContext,
     _code: str = "",
     _kept: tuple[str, ...] | None = None,
+    _name: str = "",
+    _indices: Any = None,
 ) -> Any:
     # `_kept` (batched map on a Dataset only): input columns that stay. An Arrow table replaces
     # the whole row, so it is used only when the output also rewrites every one of those.
+    # An exception from the handler (or from turning its output into Arrow) becomes a DataError
+    # naming the handler, the dataset and the rows; tuneforge's own errors pass unchanged.
     allowed = _kept is not None and ARROW_TYPES.keys() >= set(_kept)
     token = _ARROW_OUTPUT.set(allowed)
     try:
         output = _handler(batch, _args, _ctx)
+        if not isinstance(output, dict) or not output:
+            return output
+        if allowed and ARROW_TYPES.keys() >= output.keys() and output.keys() >= set(_kept or ()):
+            return _as_arrow(output)
+        return _as_lists(output) if allowed else output
+    except TuneforgeError:
+        raise
+    except Exception as exc:
+        name = _name or _handler_name(_handler)
+        raise handler_error(name, _ctx.dataset_name, _indices, exc) from exc
     finally:
         _ARROW_OUTPUT.reset(token)
-    if not isinstance(output, dict) or not output:
-        return output
-    if allowed and ARROW_TYPES.keys() >= output.keys() and output.keys() >= set(_kept or ()):
-        return _as_arrow(output)
-    return _as_lists(output) if allowed else output
+
+
+def _call_at(batch: Any, indices: Any, **kwargs: Any) -> Any:
+    """`_call` for datasets' map/filter with `with_indices=True`: the rows go into its errors."""
+    return _call(batch, _indices=indices, **kwargs)
 
 
 @functools.lru_cache(maxsize=256)
@@ -151,7 +198,9 @@ def apply_handler(
             "_args": bound.args,
             "_ctx": ctx,
             "_code": _code_digest(info.fn),
+            "_name": info.name,
         },
+        "with_indices": True,
     }
     if info.batched_support and arguments.batch_size:
         options["batch_size"] = arguments.batch_size
@@ -160,7 +209,7 @@ def apply_handler(
         if arguments.num_proc:
             options["num_proc"] = arguments.num_proc
     if info.kind == "filter":
-        return dataset.filter(_call, **options)
+        return dataset.filter(_call_at, **options)
     present = column_names(dataset)
     remove = arguments.remove_columns
     if remove == "all":
@@ -175,7 +224,7 @@ def apply_handler(
             )
     if not streaming and info.batched_support:
         options["fn_kwargs"]["_kept"] = tuple(c for c in present if c not in (remove or ()))
-    return dataset.map(_call, remove_columns=remove or None, **options)
+    return dataset.map(_call_at, remove_columns=remove or None, **options)
 
 
 def apply_handler_spec(
