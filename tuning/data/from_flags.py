@@ -3,7 +3,7 @@
 fms picks how to process `--training_data_path` from the flags and the data's columns. We pick
 the same way (plus chat `messages` rows, which fms does not take without a data config) and
 express the choice as a DataConfig, so one code path runs every job. Mode selection reads only
-the first rows (no `datasets`), so preflight can reuse it.
+the first rows (no `datasets`), so planning can use it.
 """
 
 from __future__ import annotations

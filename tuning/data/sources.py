@@ -1,7 +1,7 @@
 """Finding and reading data files.
 
 Path resolution, format detection and `peek_rows` use only the standard library and pyarrow, so
-preflight can check every data path and the first rows of each file before `datasets` (and
+planning can check every data path and the first rows of each file before `datasets` (and
 certainly before torch) is imported. `load_rows` is the one place that imports `datasets`.
 """
 
@@ -340,7 +340,7 @@ def _rows(path: Path, builder: str, n: int, split_name: str | None) -> Iterator[
 def peek_rows(
     paths: list[Path], builder: str, n: int = 5, *, split_name: str | None = None
 ) -> list[dict[str, Any]]:
-    """The first `n` rows across `paths`, read without `datasets` so preflight stays fast.
+    """The first `n` rows across `paths`, read without `datasets` so planning stays fast.
 
     Every file opened must have rows; files after the first `n` rows are not opened.
     """

@@ -33,7 +33,7 @@ STAT_COLUMNS: tuple[str, ...] = (TRIMMED_PROMPT, TRIMMED_RESPONSE)
 class HandlerArgs(BaseModel):
     """Base of every handler's arguments model: unknown keys are errors.
 
-    `reads` and `columns_after` let preflight follow the columns through a handler chain on the
+    `reads` and `columns_after` let planning follow the columns through a handler chain on the
     first rows without running it; a handler that cannot say returns None from `columns_after`.
     """
 
