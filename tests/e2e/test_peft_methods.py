@@ -79,3 +79,23 @@ def test_more_lora_fields_reach_peft(run_tuner, data_dir, fast_flags, tmp_path):
     v = next(v for k, v in weights.items() if "v_proj.lora_A" in k)
     assert (q.shape[0], v.shape[0]) == (4, 8)
     assert any("lora_B" in k and k.endswith("bias") for k in weights)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "key"),
+    [
+        ("--kasa_config", '{"beta": 0.0001, "gamma": 0.001}', "kasa_config"),
+        ("--use_bdlora", '{"nblocks": 2, "target_modules_bd_a": ["q_proj"], "target_modules_bd_b": ["v_proj"]}', "use_bdlora"),
+    ],
+)  # fmt: skip
+def test_lora_variants_train_and_are_recorded(
+    run_tuner, data_dir, fast_flags, tmp_path, flag, value, key
+):
+    code, out = run_tuner(
+        "--training_data_path", str(data_dir / "input_output.jsonl"),
+        "--peft_method", "lora", "--target_modules", "q_proj", "v_proj", flag, value,
+        *fast_flags, "--save_model_dir", str(tmp_path / "out" / "adapter"),
+    )  # fmt: skip
+    assert code == 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert {k: config[key][k] for k in json.loads(value)} == json.loads(value)

@@ -253,6 +253,75 @@ class PeftArgs(_Section):
     ensure_weight_tying: bool = Field(
         False, description="Keep tied embedding and head tied when both are adapted (peft)."
     )
+    loftq_config: dict[str, int] | None = Field(
+        None,
+        description="LoftQ initialisation (peft LoftQConfig): not built yet (it needs "
+        "bitsandbytes quantization on CUDA).",
+        json_schema_extra=_extra(kind="json"),
+    )
+    velora_config: dict[str, Any] | None = Field(
+        None,
+        description="VeLoRA memory-efficient training settings (peft VeloraConfig), e.g. "
+        '{"num_groups": 64}.',
+        json_schema_extra=_extra(kind="json"),
+    )
+    kasa_config: dict[str, float] | None = Field(
+        None,
+        description='KaSA settings (peft KasaConfig), e.g. {"beta": 0.0001, "gamma": 0.001}.',
+        json_schema_extra=_extra(kind="json"),
+    )
+    use_bdlora: dict[str, Any] | None = Field(
+        None,
+        description="Block-diagonal LoRA for tensor-parallel serving (peft BdLoraConfig), e.g. "
+        '{"nblocks": 2, "target_modules_bd_a": ["q_proj"]}.',
+        json_schema_extra=_extra(kind="json"),
+    )
+    runtime_config: dict[str, bool] | None = Field(
+        None,
+        description="LoRA runtime settings (peft LoraRuntimeConfig), e.g. "
+        '{"ephemeral_gpu_offload": true}.',
+        json_schema_extra=_extra(kind="json"),
+    )
+    eva_config: dict[str, Any] | None = Field(
+        None,
+        description="EVA data-driven initialisation (peft EvaConfig): not built yet.",
+        json_schema_extra=_extra(kind="json"),
+    )
+    corda_config: dict[str, Any] | None = Field(
+        None,
+        description="CorDA data-driven initialisation (peft CordaConfig): not built yet.",
+        json_schema_extra=_extra(kind="json"),
+    )
+    lora_ga_config: dict[str, Any] | None = Field(
+        None,
+        description="LoRA-GA gradient-based initialisation (peft LoraGAConfig): not built yet.",
+        json_schema_extra=_extra(kind="json"),
+    )
+    monteclora_config: dict[str, Any] | None = Field(
+        None,
+        description="MonteCLoRA (peft MontecloraConfig): not built yet.",
+        json_schema_extra=_extra(kind="json"),
+    )
+    arrow_config: dict[str, Any] | None = Field(
+        None,
+        description="Arrow routing between several trained adapters (peft ArrowConfig): an "
+        "inference-time setting, not for a tuning run.",
+        json_schema_extra=_extra(kind="json"),
+    )
+    megatron_config: dict[str, Any] | None = Field(
+        None,
+        description="Megatron-parallel LoRA layers (peft megatron_config): not built yet.",
+        json_schema_extra=_extra(kind="json"),
+    )
+    megatron_core: str | None = Field(
+        None, description="Megatron core module for megatron_config: not built yet."
+    )
+    use_qalora: bool = Field(
+        False, description="QA-LoRA on a GPTQ-quantized model: not built yet (no GPTQ loading)."
+    )
+    qalora_group_size: int | None = Field(
+        None, ge=1, description="QA-LoRA group size: not built yet."
+    )
     init_lora_weights: str = Field(
         "true", description="LoRA initialisation: true, false, gaussian, pissa, olora, ..."
     )

@@ -21,6 +21,27 @@ def invocation_tokens(plan: ModelPlan, tokenizer: Any) -> list[int] | None:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _config_objects(p: SimpleNamespace) -> dict[str, Any]:
+    """peft's nested LoRA settings, built from the JSON objects the flags hold."""
+    from peft.tuners.lora import config as lora
+
+    classes = {
+        "velora_config": lora.VeloraConfig,
+        "kasa_config": lora.KasaConfig,
+        "use_bdlora": lora.BdLoraConfig,
+        "runtime_config": lora.LoraRuntimeConfig,
+    }
+    built = {}
+    for name, cls in classes.items():
+        value = getattr(p, name)
+        if value is not None:
+            try:
+                built[name] = cls(**value)
+            except TypeError as exc:
+                raise ConfigError(f"--{name}: {exc} (peft {cls.__name__}).") from None
+    return built
+
+
 def peft_config(plan: ModelPlan, tokenizer: Any = None) -> Any | None:
     """A peft config for --peft_method lora/alora/pt, None for full fine-tuning."""
     p = SimpleNamespace(**plan.peft_arguments)
@@ -57,6 +78,7 @@ def peft_config(plan: ModelPlan, tokenizer: Any = None) -> Any | None:
             trainable_token_indices=p.trainable_token_indices,
             layer_replication=[tuple(pair) for pair in p.layer_replication or []] or None,
             ensure_weight_tying=p.ensure_weight_tying,
+            **_config_objects(p),
             # activated LoRA: the adapter acts only from the invocation tokens on (peft)
             alora_invocation_tokens=invocation_tokens(plan, tokenizer),
         )

@@ -45,7 +45,36 @@ LORA_ARGS = (
     "trainable_token_indices",
     "layer_replication",
     "ensure_weight_tying",
+    "loftq_config",
+    "velora_config",
+    "kasa_config",
+    "use_bdlora",
+    "runtime_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+    "monteclora_config",
+    "arrow_config",
+    "megatron_config",
+    "megatron_core",
+    "use_qalora",
+    "qalora_group_size",
 )
+# LoRA fields accepted so every peft field has a flag, whose feature tuneforge does not build
+# (each needs a pass over data or bitsandbytes before training, another model format, or
+# several adapters): refused, never ignored.
+UNBUILT_LORA = {
+    "loftq_config": "LoftQ initialisation quantizes the weights with bitsandbytes (CUDA)",
+    "eva_config": "EVA initialisation needs a pass over the data before training",
+    "corda_config": "CorDA initialisation needs covariance statistics from the data",
+    "lora_ga_config": "LoRA-GA initialisation needs gradient estimates from the data",
+    "monteclora_config": "MonteCLoRA adds its own loss term to training",
+    "arrow_config": "Arrow routes between several trained adapters at inference",
+    "megatron_config": "Megatron-parallel layers need a Megatron model",
+    "megatron_core": "Megatron-parallel layers need a Megatron model",
+    "use_qalora": "QA-LoRA needs a GPTQ-quantized model",
+    "qalora_group_size": "QA-LoRA needs a GPTQ-quantized model",
+}
 PROMPT_TUNING_ARGS = ("prompt_tuning_init", "num_virtual_tokens", "prompt_tuning_init_text")
 METHOD_ARGS = {
     "lora": LORA_ARGS,
@@ -113,6 +142,16 @@ def _peft_problems(peft: PeftArgs) -> list[str]:
         problems.append(
             "--peft_method alora needs --alora_invocation_string: the text that turns the "
             "adapter on (it must occur in every training sample)."
+        )
+    for name, why in UNBUILT_LORA.items():
+        if getattr(peft, name) != defaults[name].default:
+            problems.append(f"--{name} is not built in tuneforge yet ({why}); drop it.")
+    init = peft.init_lora_weights.lower()
+    if init in ("eva", "corda", "lora_ga", "loftq"):
+        problems.append(
+            f"--init_lora_weights {init} is not built in tuneforge yet (it needs a pass over the "
+            "data, or bitsandbytes quantization, before training); use true, false, gaussian, "
+            "pissa or olora."
         )
     if peft.target_parameters and peft.lora_dropout != 0:
         problems.append(
