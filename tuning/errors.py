@@ -40,17 +40,6 @@ class DataError(UserError):
     """The data itself cannot give what the config asks for (missing columns, no labels...)."""
 
 
-class MissingExtraError(UserError):
-    """An optional integration was asked for but its package is not installed."""
-
-    def __init__(self, feature: str, extra: str, package: str):
-        super().__init__(
-            f"{feature} needs the optional package '{package}', which is not installed. "
-            f"Install it with: pip install 'tuneforge[{extra}]'"
-        )
-        self.extra = extra
-
-
 class InternalError(TuneforgeError):
     """A bug or an environment failure we did not expect."""
 

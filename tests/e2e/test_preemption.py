@@ -59,12 +59,16 @@ def test_second_signal_exits_at_once_with_143(monkeypatch, tmp_path):
         raise SystemExit(code)
 
     monkeypatch.setattr(preemption.os, "_exit", fake_exit)
+    from tuning.training.lock import acquire
+
+    held = acquire(tmp_path / "out")  # os._exit skips finally: the lock must be freed first
     guard = preemption.PreemptionGuard()
     guard.handle(signal.SIGINT)
     assert exits == []
     with pytest.raises(SystemExit):
         guard.handle(signal.SIGINT)
     assert exits == [143]
+    assert held.released and not held.path.exists()
     assert log.read_text().startswith("Preempted: a second SIGINT stopped training at once")
 
 

@@ -43,9 +43,7 @@ class LaunchEnv:
     """The distributed setup of this process, as its launcher described it."""
 
     world_size: int = 1
-    rank: int = 0
     fsdp_version: int | None = None  # None: not FSDP
-    fsdp_state_dict_type: str | None = None
     # accelerate's mixed_precision (fixture or --mixed_precision); under FSDP2 it is also the
     # FSDP mixed-precision policy (accelerate has no separate variable for that)
     mixed_precision: str = "no"
@@ -54,7 +52,6 @@ class LaunchEnv:
     dp_shard_size: int = 1
     dp_replicate_size: int = 1
     tp_size: int = 1
-    parallelism_config: bool = False
     gpus: bool = False
 
     @property
@@ -74,15 +71,12 @@ def read_launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     size = (lambda name: _int(environ, f"PARALLELISM_CONFIG_{name}", 1)) if parallelism else None
     return LaunchEnv(
         world_size=_int(environ, "WORLD_SIZE", 1),
-        rank=_int(environ, "RANK", 0),
         fsdp_version=_int(environ, "FSDP_VERSION", 1) if fsdp else None,
-        fsdp_state_dict_type=environ.get("FSDP_STATE_DICT_TYPE") if fsdp else None,
         mixed_precision=environ.get("ACCELERATE_MIXED_PRECISION", "no").lower(),
         deepspeed=_flag(environ, "ACCELERATE_USE_DEEPSPEED"),
         cp_size=size("CP_SIZE") if size else 1,
         dp_shard_size=size("DP_SHARD_SIZE") if size else 1,
         dp_replicate_size=size("DP_REPLICATE_SIZE") if size else 1,
         tp_size=size("TP_SIZE") if size else 1,
-        parallelism_config=parallelism,
         gpus=gpus_visible(environ),
     )

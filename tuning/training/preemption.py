@@ -72,6 +72,9 @@ class PreemptionGuard:
         )
         print(message, file=sys.stderr, flush=True)
         write_termination_log(message)
+        from tuning.training.lock import release_all
+
+        release_all()  # os._exit skips finally and atexit: free output_dir's run lock first
         os._exit(PREEMPTED_EXIT_CODE)
 
     def install(self) -> PreemptionGuard:
