@@ -69,19 +69,6 @@ def trained_text(tokenizer, row) -> str:
 
 
 @pytest.fixture
-def prepare(tiny_tokenizer, tmp_path):
-    def call(max_len: int = 128, **flags):
-        return prepare_datasets(
-            plan_data(DataArgs(**flags)),
-            tiny_tokenizer,
-            max_len,
-            cache_dir=str(tmp_path / "hf-cache"),
-        )
-
-    return call
-
-
-@pytest.fixture
 def config_file(tmp_path):
     def write(text: str, name: str = "data_config.yaml") -> str:
         path = tmp_path / name

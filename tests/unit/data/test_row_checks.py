@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tuning.config.schema import DataArgs
 from tuning.data.finish import token_problems
 from tuning.data.labels.base import IGNORE_INDEX
-from tuning.data.pipeline import prepare_datasets
-from tuning.data.plan import plan_data
 from tuning.errors import ConfigError, DataError
 
 X = IGNORE_INDEX
@@ -32,19 +29,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def clean(n: int) -> list[dict]:
     return [{"input_ids": [1, 5 + i % 900, 6, 7], "labels": [X, X, 6, 7]} for i in range(n)]
-
-
-@pytest.fixture
-def prepare(tiny_tokenizer, tmp_path):
-    def call(max_len: int = 128, **flags):
-        return prepare_datasets(
-            plan_data(DataArgs(**flags)),
-            tiny_tokenizer,
-            max_len,
-            cache_dir=str(tmp_path / "hf-cache"),
-        )
-
-    return call
 
 
 def pretokenized(tmp_path: Path, bad: dict[int, dict], n: int = 10) -> str:
